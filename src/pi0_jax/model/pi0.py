@@ -1,0 +1,244 @@
+"""pi0: PaliGemma (SigLIP + Gemma) plus an action expert, trained by flow matching.
+
+Prefix tokens (images of every camera slot, then the prompt) go through expert 0;
+suffix tokens (one state token, then H noisy action tokens carrying the flow
+time) go through expert 1. Flow convention (as in openpi): t = 1 is noise,
+t = 0 is data, x_t = t * noise + (1 - t) * actions, and the model predicts the
+velocity u_t = noise - actions. Sampling integrates from t = 1 to t = 0 with
+Euler steps, computing the prefix once and reusing its K/V cache.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pi0_jax.model.config import Pi0Config
+from pi0_jax.model.gemma import Gemma
+from pi0_jax.model.observation import Observation
+from pi0_jax.model.siglip import Siglip
+
+
+def make_attn_mask(input_mask, ar_mask):
+  """Block-causal mask from validity and autoregressive flags.
+
+  input_mask bool [B, N]; ar_mask bool/int [N] or [B, N]. With c = cumsum(ar),
+  query q may attend key k iff c[k] <= c[q] and both tokens are valid.
+  Returns bool [B, N (queries), N (keys)].
+  """
+  ar_mask = jnp.broadcast_to(ar_mask, input_mask.shape)
+  cumsum = jnp.cumsum(ar_mask.astype(jnp.int32), axis=1)
+  causal = cumsum[:, None, :] <= cumsum[:, :, None]
+  valid = input_mask[:, None, :] & input_mask[:, :, None]
+  return causal & valid
+
+
+def posemb_sincos(pos, embedding_dim: int, min_period: float, max_period: float):
+  """Sine-cosine embedding of scalars pos [B] -> [B, embedding_dim] (sin half first)."""
+  if embedding_dim % 2:
+    raise ValueError(f"posemb_sincos: embedding_dim must be even, got {embedding_dim}.")
+  fraction = jnp.linspace(0.0, 1.0, embedding_dim // 2)
+  period = min_period * (max_period / min_period)**fraction
+  angle = pos[:, None].astype(jnp.float32) * (1.0 / period * 2 * jnp.pi)[None, :]
+  return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+
+
+class PaliGemma(nn.Module):
+  """Holds `img` and `llm` so the parameter tree reads PaliGemma/img, PaliGemma/llm."""
+
+  config: Pi0Config
+
+  def setup(self):
+    cfg = self.config
+    gemma_configs = cfg.gemma_configs
+    self.llm = Gemma(configs=gemma_configs, vocab_size=cfg.vocab_size, dtype=cfg.dtype,
+                     remat_policy=cfg.remat_policy)
+    self.img = Siglip(config=cfg.siglip_config, out_dim=gemma_configs[0].width, dtype_mm=cfg.dtype,
+                      remat_policy=cfg.remat_policy)
+
+
+class Pi0(nn.Module):
+  """The pi0 model. See the module docstring for the flow convention.
+
+  Methods (call with `model.apply(variables, ..., method=...)`):
+    __call__(obs, noisy_actions, time=None) -> velocity [B, H, A] (used by `init`)
+    compute_loss(obs, actions, rng=..., noise=None, time=None, action_pad_mask=None, action_dim_mask=None)
+        -> per-step loss [B, H]
+    sample_actions(obs, rng=..., noise=None, num_steps=10, use_kv_cache=True) -> actions [B, H, A]
+  """
+
+  config: Pi0Config
+
+  def setup(self):
+    cfg = self.config
+    width = cfg.gemma_configs[1].width
+    self.PaliGemma = PaliGemma(cfg)
+    self.state_proj = nn.Dense(width, name="state_proj")
+    self.action_in_proj = nn.Dense(width, name="action_in_proj")
+    self.action_time_mlp_in = nn.Dense(width, name="action_time_mlp_in")
+    self.action_time_mlp_out = nn.Dense(width, name="action_time_mlp_out")
+    self.action_out_proj = nn.Dense(cfg.action_dim, name="action_out_proj")
+
+  # --- token sequences --------------------------------------------------------
+
+  def embed_prefix(self, obs: Observation):
+    """Image tokens of every camera slot, then prompt tokens.
+
+    Returns tokens [B, P, W0], input_mask bool [B, P], ar_mask bool [P] (all False).
+    """
+    tokens, input_mask = [], []
+    for key in self.config.image_keys:
+      image_tokens = self.PaliGemma.img(obs.images[key])
+      tokens.append(image_tokens)
+      input_mask.append(jnp.broadcast_to(obs.image_masks[key][:, None], image_tokens.shape[:2]))
+    tokens.append(self.PaliGemma.llm.embed(obs.tokenized_prompt))
+    input_mask.append(obs.tokenized_prompt_mask)
+    tokens = jnp.concatenate(tokens, axis=1)
+    input_mask = jnp.concatenate(input_mask, axis=1).astype(jnp.bool_)
+    return tokens, input_mask, jnp.zeros((tokens.shape[1],), jnp.bool_)
+
+  def embed_suffix(self, obs: Observation, noisy_actions, time):
+    """One state token, then H action tokens mixed with the time embedding.
+
+    Returns tokens [B, 1 + H, W1], input_mask bool [B, 1 + H], ar_mask bool [1 + H].
+    """
+    horizon = self.config.action_horizon
+    width = self.config.gemma_configs[1].width
+    state_token = self.state_proj(obs.state)[:, None, :]
+    action_tokens = self.action_in_proj(noisy_actions)
+    time_emb = posemb_sincos(time, width, min_period=4e-3, max_period=4.0)
+    time_tokens = jnp.broadcast_to(time_emb[:, None, :], (time_emb.shape[0], horizon, width))
+    x = self.action_time_mlp_in(jnp.concatenate([action_tokens, time_tokens], axis=-1))
+    x = self.action_time_mlp_out(nn.swish(x))
+    tokens = jnp.concatenate([state_token, x], axis=1)
+    input_mask = jnp.ones(tokens.shape[:2], jnp.bool_)
+    # The state token starts a block, and the actions start another one.
+    ar_mask = jnp.array([True, True] + [False] * (horizon - 1))
+    return tokens, input_mask, ar_mask
+
+  # --- forward passes ---------------------------------------------------------
+
+  def _check(self, obs: Observation, actions=None, name="actions"):
+    obs.validate(self.config)
+    if actions is not None:
+      want = (obs.batch_size, self.config.action_horizon, self.config.action_dim)
+      if tuple(actions.shape) != want:
+        raise ValueError(f"{name}: shape {tuple(actions.shape)}, expected {want} (batch, action_horizon, action_dim).")
+
+  def __call__(self, obs: Observation, noisy_actions, time=None):
+    """Velocity v(x_t, t) [B, H, A] from one joint pass over prefix and suffix."""
+    self._check(obs, noisy_actions, "noisy_actions")
+    if time is None:
+      time = jnp.ones((obs.batch_size,), jnp.float32)
+    return self._velocity_uncached(obs, noisy_actions, time)
+
+  def _velocity_uncached(self, obs, x_t, time):
+    prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
+    suffix_tokens, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
+    input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
+    ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
+    attn_mask = make_attn_mask(input_mask, ar_mask)
+    positions = jnp.cumsum(input_mask, axis=1) - 1
+    (_, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions, attn_mask)
+    return self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
+
+  def compute_loss(self, obs: Observation, actions, *, rng=None, noise=None, time=None, action_pad_mask=None,
+                   action_dim_mask=None):
+    """Flow-matching loss per action step [B, H].
+
+    noise [B, H, A] and time [B] override the random draws (time ~ Beta(1.5, 1) * 0.999 + 0.001).
+    action_pad_mask bool [B, H]: False on steps past the episode end; they get exactly zero loss.
+    action_dim_mask bool [A] or [B, A]: False on padded action dimensions; the per-step loss is the
+    mean over real dimensions only.
+    """
+    self._check(obs, actions)
+    b = obs.batch_size
+    if (noise is None or time is None) and rng is None:
+      raise ValueError("compute_loss needs `rng` unless both `noise` and `time` are given.")
+    if rng is not None:
+      noise_rng, time_rng = jax.random.split(rng)
+    if noise is None:
+      noise = jax.random.normal(noise_rng, actions.shape, jnp.float32)
+    if time is None:
+      time = jax.random.beta(time_rng, 1.5, 1.0, (b,)) * 0.999 + 0.001
+    if tuple(noise.shape) != tuple(actions.shape):
+      raise ValueError(f"noise: shape {tuple(noise.shape)}, expected {tuple(actions.shape)}.")
+    if tuple(time.shape) != (b,):
+      raise ValueError(f"time: shape {tuple(time.shape)}, expected ({b},).")
+    t = time[:, None, None]
+    x_t = t * noise + (1 - t) * actions
+    u_t = noise - actions
+    v_t = self._velocity_uncached(obs, x_t, time)
+    sq_err = jnp.square(v_t - u_t)
+    if action_dim_mask is None:
+      per_step = jnp.mean(sq_err, axis=-1)
+    else:
+      dim_mask = jnp.broadcast_to(jnp.asarray(action_dim_mask, jnp.bool_).reshape(
+          (-1, 1, self.config.action_dim) if jnp.ndim(action_dim_mask) == 2 else (1, 1, -1)), sq_err.shape)
+      num_dims = jnp.maximum(jnp.sum(dim_mask, axis=-1), 1)
+      per_step = jnp.sum(jnp.where(dim_mask, sq_err, 0.0), axis=-1) / num_dims
+    if action_pad_mask is not None:
+      if tuple(action_pad_mask.shape) != (b, self.config.action_horizon):
+        raise ValueError(f"action_pad_mask: shape {tuple(action_pad_mask.shape)}, "
+                         f"expected {(b, self.config.action_horizon)}.")
+      per_step = jnp.where(action_pad_mask, per_step, 0.0)
+    return per_step
+
+  def prefix_kv_cache(self, obs: Observation):
+    """Runs the prefix through expert 0 once. Returns (kv_cache, prefix_mask)."""
+    prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
+    attn_mask = make_attn_mask(prefix_mask, prefix_ar)
+    positions = jnp.cumsum(prefix_mask, axis=1) - 1
+    _, kv_cache = self.PaliGemma.llm([prefix_tokens, None], positions, attn_mask)
+    return kv_cache, prefix_mask
+
+  def velocity_cached(self, obs: Observation, kv_cache, prefix_mask, x_t, time):
+    """Velocity from a suffix-only pass through expert 1 against the prefix K/V cache."""
+    suffix_tokens, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
+    suffix_len = suffix_tokens.shape[1]
+    to_prefix = jnp.broadcast_to(prefix_mask[:, None, :], (prefix_mask.shape[0], suffix_len, prefix_mask.shape[1]))
+    attn_mask = jnp.concatenate([to_prefix, make_attn_mask(suffix_mask, suffix_ar)], axis=-1)
+    positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+    (_, suffix_out), _ = self.PaliGemma.llm([None, suffix_tokens], positions, attn_mask, kv_cache=kv_cache)
+    return self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
+
+  def sample_actions(self, obs: Observation, *, rng=None, noise=None, num_steps: int = 10,
+                     use_kv_cache: bool = True):
+    """Euler integration of the flow from noise (t = 1) to actions (t = 0): [B, H, A].
+
+    Deterministic given `noise`. `use_kv_cache=False` recomputes prefix and suffix at every step
+    (the reference the cached path is tested against).
+    """
+    self._check(obs)
+    b = obs.batch_size
+    shape = (b, self.config.action_horizon, self.config.action_dim)
+    if noise is None:
+      if rng is None:
+        raise ValueError("sample_actions needs `rng` or explicit `noise`.")
+      noise = jax.random.normal(rng, shape, jnp.float32)
+    if tuple(noise.shape) != shape:
+      raise ValueError(f"noise: shape {tuple(noise.shape)}, expected {shape}.")
+    if num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    dt = -1.0 / num_steps
+
+    if use_kv_cache:
+      kv_cache, prefix_mask = self.prefix_kv_cache(obs)
+      velocity = lambda x, t: self.velocity_cached(obs, kv_cache, prefix_mask, x, t)
+    else:
+      velocity = lambda x, t: self._velocity_uncached(obs, x, t)
+
+    def cond(mdl, carry):
+      del mdl
+      return carry[2] < num_steps
+
+    def step(mdl, carry):
+      del mdl
+      x_t, time, i = carry
+      v_t = velocity(x_t, jnp.broadcast_to(time, (b,)))
+      return x_t + dt * v_t, time + dt, i + 1
+
+    # A lax loop (lifted for linen); `time` accumulates in float32 by repeated addition of dt.
+    x_0, _, _ = nn.while_loop(cond, step, self, (noise, jnp.float32(1.0), jnp.int32(0)))
+    return x_0

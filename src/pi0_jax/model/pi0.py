@@ -134,14 +134,18 @@ class Pi0(nn.Module):
     return self._velocity_uncached(obs, noisy_actions, time)
 
   def _velocity_uncached(self, obs, x_t, time):
+    return self.joint_forward(obs, x_t, time)[1]
+
+  def joint_forward(self, obs: Observation, x_t, time):
+    """One pass over prefix + suffix. Returns (prefix outputs [B, P, W0], velocity [B, H, A])."""
     prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
     suffix_tokens, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
     input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
     ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
     attn_mask = make_attn_mask(input_mask, ar_mask)
     positions = jnp.cumsum(input_mask, axis=1) - 1
-    (_, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions, attn_mask)
-    return self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
+    (prefix_out, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions, attn_mask)
+    return prefix_out, self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
 
   def compute_loss(self, obs: Observation, actions, *, rng=None, noise=None, time=None, action_pad_mask=None,
                    action_dim_mask=None):

@@ -1,0 +1,73 @@
+"""Latency of pi0's `sample_actions`: KV-cached vs uncached, against the floor.
+
+The floor is one prefix forward plus `num_steps` suffix-only forwards, each
+jitted and timed on its own: what the cached sampler costs if the loop itself
+were free.
+
+  python benchmarks/sampler.py --presets=tiny,small_100m --batch_sizes=1,8 --out=benchmarks/results/sampler.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_PRESETS = flags.DEFINE_list("presets", ["tiny", "small_100m"], "Pi0Config presets (pi0_jax.model.PRESETS).")
+_BATCH = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
+_STEPS = flags.DEFINE_integer("num_steps", 10, "Euler steps.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats after warm-up (median reported).")
+_DTYPE = flags.DEFINE_string("dtype", None, "Override the preset's compute dtype (bfloat16 or float32).")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/sampler.json", "JSON output ('' to skip).")
+
+
+def bench(preset: str, batch: int, num_steps: int, repeats: int, dtype: str | None) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from pi0_jax.model import Observation, Pi0, get_preset
+  from pi0_jax.model.gemma import count_params
+  import common
+
+  cfg = get_preset(preset, **({"dtype": dtype} if dtype else {}))
+  model = Pi0(cfg)
+  params = jax.jit(model.init)(jax.random.key(0), Observation.fake(cfg, 1),
+                               jnp.zeros((1, cfg.action_horizon, cfg.action_dim)))
+  obs = Observation.fake(cfg, batch)
+  obs = obs.replace(images={k: jax.random.uniform(jax.random.key(i), v.shape, minval=-1, maxval=1)
+                            for i, (k, v) in enumerate(obs.images.items())})
+  noise = jax.random.normal(jax.random.key(1), (batch, cfg.action_horizon, cfg.action_dim))
+  time_ = jnp.ones((batch,))
+
+  def sampler(use_cache):
+    return jax.jit(lambda p, o, n: model.apply(p, o, method="sample_actions", noise=n, num_steps=num_steps,
+                                               use_kv_cache=use_cache))
+
+  prefix = jax.jit(lambda p, o: model.apply(p, o, method="prefix_kv_cache"))
+  suffix = jax.jit(lambda p, o, kv, m, x, t: model.apply(p, o, kv, m, x, t, method="velocity_cached"))
+  kv, mask = prefix(params, obs)
+  row = {"preset": preset, "params_M": count_params(params) / 1e6, "dtype": cfg.dtype, "batch": batch,
+         "steps": num_steps}
+  row["cached_ms"] = common.time_fn(sampler(True), params, obs, noise, repeats=repeats)["median_ms"]
+  row["uncached_ms"] = common.time_fn(sampler(False), params, obs, noise, repeats=repeats)["median_ms"]
+  row["prefix_ms"] = common.time_fn(prefix, params, obs, repeats=repeats)["median_ms"]
+  row["suffix_ms"] = common.time_fn(suffix, params, obs, kv, mask, noise, time_, repeats=repeats)["median_ms"]
+  row["floor_ms"] = row["prefix_ms"] + num_steps * row["suffix_ms"]
+  row["cached_over_floor"] = row["cached_ms"] / row["floor_ms"]
+  row["uncached_over_cached"] = row["uncached_ms"] / row["cached_ms"]
+  return row
+
+
+def main(argv):
+  del argv
+  import common
+  rows = [bench(p, int(b), _STEPS.value, _REPEATS.value, _DTYPE.value) for p in _PRESETS.value for b in _BATCH.value]
+  common.print_table(rows, ["preset", "params_M", "dtype", "batch", "steps", "cached_ms", "uncached_ms", "prefix_ms",
+                            "suffix_ms", "floor_ms", "cached_over_floor", "uncached_over_cached"])
+  common.write_json(_OUT.value, {"benchmark": "sampler", "machine": common.machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -97,9 +97,13 @@ class Pi0Config:
   dtype: str = "bfloat16"
   # A jax.checkpoint_policies name, or "none" to keep every activation.
   remat_policy: str = "nothing_saveable"
+  # Mesh axes that the batch dimension of activations is constrained to (the trainer sets this to its
+  # data-parallel axes and runs under `jax.set_mesh`); empty: no constraint.
+  activation_batch_axes: tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "image_keys", tuple(self.image_keys))
+    object.__setattr__(self, "activation_batch_axes", tuple(self.activation_batch_axes))
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"Pi0Config.dtype must be 'bfloat16' or 'float32', got {self.dtype!r}.")
     llm, expert = self.gemma_configs

@@ -31,6 +31,13 @@ def expert_name(name: str, i: int) -> str:
   return name if i == 0 else f"{name}_{i}"
 
 
+def constrain_batch(x, batch_axes: tuple[str, ...]):
+  """Keeps activations split over the data-parallel mesh axes (needs a `jax.set_mesh` context)."""
+  if x is None or not batch_axes:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(batch_axes))
+
+
 class RMSNorm(nn.Module):
 
   @nn.compact
@@ -139,9 +146,11 @@ class Block(nn.Module):
   """One layer: pre-norm attention shared by all experts, then per-expert MLPs."""
 
   configs: Sequence[GemmaConfig]
+  batch_axes: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, xs, kv_cache, positions, attn_mask):
+    xs = [constrain_batch(x, self.batch_axes) for x in xs]
     normed = [None if x is None else RMSNorm(name=expert_name("pre_attention_norm", i))(x) for i, x in enumerate(xs)]
     attn_out, kv = Attention(self.configs, name="attn")(normed, positions, attn_mask, kv_cache)
     xs = [None if x is None else x + y for x, y in zip(xs, attn_out)]
@@ -178,6 +187,7 @@ class Gemma(nn.Module):
   vocab_size: int
   dtype: str = "bfloat16"
   remat_policy: str = "nothing_saveable"
+  batch_axes: tuple[str, ...] = ()
 
   def setup(self):
     depth = self.configs[0].depth
@@ -186,7 +196,8 @@ class Gemma(nn.Module):
     if self.remat_policy != "none":
       block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
     self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                          in_axes=(0, nn.broadcast, nn.broadcast), length=depth)(self.configs, name="layers")
+                          in_axes=(0, nn.broadcast, nn.broadcast), length=depth)(
+                              self.configs, self.batch_axes, name="layers")
     self.final_norms = [RMSNorm(name=expert_name("final_norm", i)) for i in range(len(self.configs))]
 
   def embed(self, tokens):

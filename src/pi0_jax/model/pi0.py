@@ -53,9 +53,9 @@ class PaliGemma(nn.Module):
     cfg = self.config
     gemma_configs = cfg.gemma_configs
     self.llm = Gemma(configs=gemma_configs, vocab_size=cfg.vocab_size, dtype=cfg.dtype,
-                     remat_policy=cfg.remat_policy)
+                     remat_policy=cfg.remat_policy, batch_axes=cfg.activation_batch_axes)
     self.img = Siglip(config=cfg.siglip_config, out_dim=gemma_configs[0].width, dtype_mm=cfg.dtype,
-                      remat_policy=cfg.remat_policy)
+                      remat_policy=cfg.remat_policy, batch_axes=cfg.activation_batch_axes)
 
 
 class Pi0(nn.Module):

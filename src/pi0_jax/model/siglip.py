@@ -13,6 +13,7 @@ import flax.linen as nn
 import numpy as np
 
 from pi0_jax.model.config import SiglipConfig
+from pi0_jax.model.gemma import constrain_batch
 
 
 class MlpBlock(nn.Module):
@@ -34,9 +35,11 @@ class Encoder1DBlock(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype_mm: str
+  batch_axes: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, x, _):
+    x = constrain_batch(x, self.batch_axes)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype_mm)(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
                                         deterministic=True, dtype=self.dtype_mm)(y, y)
@@ -52,6 +55,7 @@ class Encoder(nn.Module):
   num_heads: int
   dtype_mm: str
   remat_policy: str
+  batch_axes: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, x):
@@ -60,7 +64,7 @@ class Encoder(nn.Module):
       block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
     x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
                    length=self.depth)(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype_mm=self.dtype_mm,
-                                      name="encoderblock")(x, None)
+                                      batch_axes=self.batch_axes, name="encoderblock")(x, None)
     return nn.LayerNorm(epsilon=1e-6, name="encoder_norm", dtype=self.dtype_mm)(x)
 
 
@@ -71,6 +75,7 @@ class Siglip(nn.Module):
   out_dim: int
   dtype_mm: str = "float32"
   remat_policy: str = "nothing_saveable"
+  batch_axes: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, image):
@@ -85,7 +90,7 @@ class Siglip(nn.Module):
     x = x + pos
     x = x.astype(self.dtype_mm)
     x = Encoder(depth=cfg.depth, mlp_dim=cfg.mlp_dim, num_heads=cfg.num_heads, dtype_mm=self.dtype_mm,
-                remat_policy=self.remat_policy, name="Transformer")(x)
+                remat_policy=self.remat_policy, batch_axes=self.batch_axes, name="Transformer")(x)
     # The only image -> LLM projection, applied per token. (big_vision zero-initialises it; a random init lets
     # a model trained from scratch see its images from the first step.)
     return nn.Dense(self.out_dim, dtype=self.dtype_mm, name="head")(x)

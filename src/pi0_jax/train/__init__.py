@@ -1,0 +1,1 @@
+"""Sharded pre-training: mesh and sharding rules, optimizer, train step, checkpoints, loop."""

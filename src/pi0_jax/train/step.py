@@ -1,0 +1,90 @@
+"""Train state and the train step (pure functions; the trainer jits them with shardings).
+
+The state is a plain dict, which is also what checkpoints hold:
+  step        int32 []          optimizer updates done
+  params      the pi0 tree      float32 master weights
+  opt_state   optax state
+  ema_params  the pi0 tree      only when EMA is on
+  rng         uint32 [2]        base key; step s uses fold_in(rng, s)
+
+A batch is the input pipeline's dict: observation (Observation), actions [B, H, A],
+action_pad_mask bool [B, H], action_dim_mask bool [B, A].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pi0_jax.model import Observation, Pi0
+
+
+def init_state(model: Pi0, tx: optax.GradientTransformation, rng, *, ema: bool, params=None) -> dict:
+  """A fresh state; pass `params` to start from loaded weights (e.g. PaliGemma)."""
+  cfg = model.config
+  init_rng, state_rng = jax.random.split(rng)
+  if params is None:
+    params = model.init(init_rng, Observation.fake(cfg, 1), jnp.zeros((1, cfg.action_horizon, cfg.action_dim)))["params"]
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": state_rng}
+  if ema:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
+  return state
+
+
+def loss_sum(model: Pi0, params, batch: dict, rng) -> jax.Array:
+  """Sum of the per-step flow loss over the real (unpadded) action steps of `batch`."""
+  per_step = model.apply({"params": params}, batch["observation"], batch["actions"], method="compute_loss", rng=rng,
+                         action_pad_mask=batch["action_pad_mask"], action_dim_mask=batch["action_dim_mask"])
+  return jnp.sum(per_step)
+
+
+def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Callable[[Any], Any], *,
+                    grad_accum_steps: int = 1, ema_decay: float | None = None) -> Callable:
+  """Returns train_step(state, batch) -> (state, metrics).
+
+  The loss is the mean over real action steps of the whole (global) batch; with gradient
+  accumulation the batch is cut into `grad_accum_steps` micro-batches whose gradient sums are
+  added, so the update equals the one without accumulation (up to the random draws).
+  """
+
+  def train_step(state: dict, batch: dict):
+    step_rng = jax.random.fold_in(state["rng"], state["step"])
+    params = state["params"]
+    num_valid = jnp.maximum(jnp.sum(batch["action_pad_mask"].astype(jnp.float32)), 1.0)
+    grad_fn = jax.value_and_grad(lambda p, b, r: loss_sum(model, p, b, r))
+
+    if grad_accum_steps == 1:
+      total, grads = grad_fn(params, batch, step_rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+
+      def body(carry, xs):
+        i, mb = xs
+        value, g = grad_fn(params, mb, jax.random.fold_in(step_rng, i))
+        return jax.tree.map(jnp.add, carry, (value, g)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+      (total, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+
+    loss = total / num_valid
+    grads = jax.tree.map(lambda g: g / num_valid, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+    if ema_decay is not None:
+      new_state["ema_params"] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema_params"],
+                                             new_params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(new_params),
+        "update_norm": optax.tree.norm(updates),
+        "learning_rate": schedule(state["step"]),
+        "valid_action_steps": num_valid,
+    }
+    return new_state, metrics
+
+  return train_step

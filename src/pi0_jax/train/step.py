@@ -25,10 +25,14 @@ from pi0_jax.model import Observation, Pi0
 def init_state(model: Pi0, tx: optax.GradientTransformation, rng, *, ema: bool, params=None) -> dict:
   """A fresh state; pass `params` to start from loaded weights (e.g. PaliGemma)."""
   cfg = model.config
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
   init_rng, state_rng = jax.random.split(rng)
   if params is None:
     params = model.init(init_rng, Observation.fake(cfg, 1), jnp.zeros((1, cfg.action_horizon, cfg.action_dim)))["params"]
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": state_rng}
+  # Raw key data, so checkpoints hold a plain uint32 array.
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+           "rng": jax.random.key_data(state_rng)}
   if ema:
     state["ema_params"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
   return state
@@ -51,7 +55,7 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
   """
 
   def train_step(state: dict, batch: dict):
-    step_rng = jax.random.fold_in(state["rng"], state["step"])
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"]
     num_valid = jnp.maximum(jnp.sum(batch["action_pad_mask"].astype(jnp.float32)), 1.0)
     grad_fn = jax.value_and_grad(lambda p, b, r: loss_sum(model, p, b, r))

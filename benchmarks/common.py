@@ -39,7 +39,9 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def _fmt(v) -> str:
-  return f"{v:.1f}" if isinstance(v, float) else str(v)
+  if isinstance(v, float):
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+  return str(v)
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -1,18 +1,27 @@
 """Checkpoint import and export: PaliGemma big_vision `.npz` and openpi's Orbax layout.
 
-Both formats use the published parameter tree (see pi0_jax.model). Every name
-and shape is checked against the model's abstract tree (`jax.eval_shape`, no
-memory) before any array is read, and one error lists all missing, unexpected
-and mismatched keys. Arrays are read, converted and placed one at a time, so
-loading never holds a second full copy of a multi-GB checkpoint.
+Both formats hold the published parameter tree (SPEC "Parameter tree"; see
+pi0_jax.model). Every name and shape is checked against the model's abstract
+tree (`jax.eval_shape`, no memory) before any array is read, and a single
+`ParamTreeMismatchError` lists all missing, unexpected and mismatched keys.
 
-  python -m pi0_jax.weights --npz=paligemma-3b-pt-224.npz --preset=pi0     # validate a file
+A PaliGemma `.npz` holds SigLIP and Gemma expert 0 only (file key
+`params/llm/...` or `llm/...` -> model path `PaliGemma/llm/...`); the action
+expert and the pi0 heads are initialised. Real files are 5.9-11.7 GB, so arrays
+are read, converted and placed one at a time and the file is never held twice.
+
+Validate a file without reading its arrays:
+
+  python -m pi0_jax.weights --npz=paligemma-3b-pt-224.npz --config_preset=pi0 --check
+  python -m pi0_jax.weights --openpi=pi0_base/params --config_preset=pi0 --check
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 import zipfile
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,237 +31,482 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+__all__ = [
+    "ParamTreeMismatchError", "abstract_params", "check_openpi_params", "check_paligemma_npz", "check_tree",
+    "flatten", "init_subset_fn", "is_paligemma_path", "load_openpi_params", "load_paligemma_npz", "npz_array_headers",
+    "npz_key_to_path", "openpi_param_shapes", "paligemma_npz_shapes", "save_openpi_params", "save_paligemma_npz",
+    "unflatten",
+]
+
 PALIGEMMA_PREFIX = "PaliGemma/"
+NPZ_PREFIX = "params/"
+# Modules of expert i > 0 end in `_i`; expert 0 and SigLIP's automatic names
+# (`LayerNorm_0`, ...) are told apart by living under `llm/` vs `img/`.
 _EXPERT_SUFFIX = re.compile(r"_[1-9][0-9]*$")
+
+Shape = tuple[int, ...]
+ShardingSpec = Any  # None, one jax.sharding.Sharding, a tree of them, or a callable path -> Sharding.
 
 
 class ParamTreeMismatchError(ValueError):
-  """A checkpoint's names or shapes do not fit the model."""
+  """A checkpoint's names, shapes or dtypes do not fit the model's parameter tree.
 
-  def __init__(self, source: str, missing: Iterable[str], unexpected: Iterable[str],
-               mismatched: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]):
-    self.missing, self.unexpected, self.mismatched = sorted(missing), sorted(unexpected), dict(mismatched)
-    lines = [f"{source} does not fit the model's parameter tree:"]
-    if self.mismatched:
-      lines.append(f"  {len(self.mismatched)} mismatched shape(s):")
-      lines += [f"    {k}: expected {want}, found {got}" for k, (want, got) in sorted(self.mismatched.items())]
-    if self.missing:
-      lines.append(f"  {len(self.missing)} missing key(s):")
-      lines += [f"    {k}" for k in self.missing]
-    if self.unexpected:
-      lines.append(f"  {len(self.unexpected)} unexpected key(s):")
-      lines += [f"    {k}" for k in self.unexpected]
+  Attributes: `missing`, `unexpected` (sorted lists of paths), `mismatched`
+  ({path: (expected shape, found shape)}), `bad_dtypes` ({path: dtype}).
+  """
+
+  def __init__(self, source: str, missing: Iterable[str] = (), unexpected: Iterable[str] = (),
+               mismatched: Mapping[str, tuple[Shape, Shape]] | None = None,
+               bad_dtypes: Mapping[str, Any] | None = None, *, aliases: Mapping[str, str] | None = None,
+               note: str = ""):
+    self.source = source
+    self.missing = sorted(missing)
+    self.unexpected = sorted(unexpected)
+    self.mismatched = dict(sorted((mismatched or {}).items()))
+    self.bad_dtypes = dict(sorted((bad_dtypes or {}).items()))
+    aliases = aliases or {}
+    # Show the checkpoint's own key beside the model path where they differ, so the user can find it in the file.
+    name = lambda k: f"{k} (file key {aliases[k]!r})" if k in aliases and aliases[k] != k else k
+    counts = [f"{len(v)} {what}" for v, what in ((self.mismatched, "shape mismatch(es)"), (self.missing, "missing"),
+                                                 (self.unexpected, "unexpected"), (self.bad_dtypes, "bad dtype(s)"))
+              if v]
+    lines = [f"{source} does not fit the model's parameter tree: {', '.join(counts)}."]
+    if note:
+      lines.append(f"  ({note})")
+    for k, (want, got) in self.mismatched.items():
+      lines.append(f"  shape mismatch: {name(k)}: expected {tuple(want)}, found {tuple(got)}")
+    lines += [f"  missing: {name(k)}" for k in self.missing]
+    lines += [f"  unexpected: {name(k)}" for k in self.unexpected]
+    lines += [f"  unsupported dtype: {name(k)}: {d} (expected floating point or bfloat16 as |V2)"
+              for k, d in self.bad_dtypes.items()]
     super().__init__("\n".join(lines))
 
 
+# --- trees ---------------------------------------------------------------------------------------------
+
+
 def flatten(tree) -> dict[str, Any]:
+  """{'a/b/c': leaf} from a nested dict."""
   return traverse_util.flatten_dict(tree, sep="/")
 
 
-def unflatten(flat: Mapping[str, Any]):
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  """The inverse of `flatten`: plain nested dicts."""
   return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
+def _unwrap(params):
+  # Accept `{"params": tree}` (what init returns) as well as the bare tree.
+  if isinstance(params, Mapping) and set(params) == {"params"}:
+    return params["params"]
+  return params
+
+
+def _init_args(config):
+  from pi0_jax.model import Observation  # pylint: disable=g-import-not-at-top
+  return Observation.fake(config, 1), jnp.zeros((1, config.action_horizon, config.action_dim), jnp.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_params_cached(config) -> dict:
+  from pi0_jax.model import Pi0  # pylint: disable=g-import-not-at-top
+  return jax.eval_shape(Pi0(config).init, jax.random.key(0), *_init_args(config))["params"]
+
+
 def abstract_params(config) -> dict:
-  """The pi0 parameter tree of `config` as ShapeDtypeStructs (no memory used)."""
-  from pi0_jax.model import Observation, Pi0
-  model = Pi0(config)
-  obs = Observation.fake(config, 1)
-  actions = jnp.zeros((1, config.action_horizon, config.action_dim))
-  return jax.eval_shape(model.init, jax.random.key(0), obs, actions)["params"]
+  """The pi0 parameter tree of `config` as jax.ShapeDtypeStructs (eval_shape: no memory, no compute)."""
+  try:
+    tree = _abstract_params_cached(config)
+  except TypeError:  # An unhashable config (explicit sizes given as dicts): skip the cache.
+    tree = _abstract_params_cached.__wrapped__(config)
+  return jax.tree.map(lambda x: x, tree)  # A fresh container, so callers may edit it.
 
 
 def is_paligemma_path(path: str) -> bool:
-  """SigLIP and Gemma expert 0: what a PaliGemma checkpoint holds (no `_1` expert modules, no pi0 heads)."""
-  if not path.startswith(PALIGEMMA_PREFIX):
-    return False
+  """True for SigLIP and Gemma expert 0 (what a PaliGemma checkpoint holds), False for the action expert and heads."""
   if path.startswith(PALIGEMMA_PREFIX + "img/"):
     return True
-  return not any(_EXPERT_SUFFIX.search(part) for part in path.split("/"))
+  if path.startswith(PALIGEMMA_PREFIX + "llm/"):
+    return not any(_EXPERT_SUFFIX.search(part) for part in path.split("/"))
+  return False
 
 
-def check_tree(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], source: str) -> None:
-  """Raises ParamTreeMismatchError unless `found` has exactly the names and shapes of `expected`."""
+def _diff(found: Mapping[str, Shape], expected: Mapping[str, Shape]):
   missing = set(expected) - set(found)
   unexpected = set(found) - set(expected)
-  mismatched = {k: (tuple(expected[k]), tuple(found[k])) for k in set(found) & set(expected)
-                if tuple(found[k]) != tuple(expected[k])}
+  mismatched = {k: (tuple(expected[k]), tuple(found[k]))
+                for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k])}
+  return missing, unexpected, mismatched
+
+
+def check_tree(found: Mapping[str, Shape], expected: Mapping[str, Shape], source: str, *,
+               aliases: Mapping[str, str] | None = None, note: str = "") -> None:
+  """Raises ParamTreeMismatchError unless `found` has exactly the names and shapes of `expected`.
+
+  Both map '/'-joined paths to shapes. `source` (a file name) heads the message; `aliases` maps a path to the
+  checkpoint's own key for it, shown beside the path.
+  """
+  missing, unexpected, mismatched = _diff(found, expected)
   if missing or unexpected or mismatched:
-    raise ParamTreeMismatchError(source, missing, unexpected, mismatched)
+    raise ParamTreeMismatchError(source, missing, unexpected, mismatched, aliases=aliases, note=note)
 
 
-# --- PaliGemma .npz ----------------------------------------------------------------------------------
+def _shapes(tree) -> dict[str, Shape]:
+  return {k: tuple(v.shape) for k, v in flatten(tree).items()}
 
 
-def _npz_key_to_path(key: str) -> str:
-  if key.startswith("params/"):
-    key = key[len("params/"):]
-  return PALIGEMMA_PREFIX + key
+def _sharding_fn(shardings: ShardingSpec) -> Callable[[str], Any]:
+  """path -> Sharding (or None: default device) from any of the accepted forms of `shardings`."""
+  if shardings is None:
+    return lambda path: None
+  if isinstance(shardings, jax.sharding.Sharding):
+    return lambda path: shardings
+  if callable(shardings) and not isinstance(shardings, Mapping):
+    return shardings
+  flat = flatten(_unwrap(shardings))
+
+  def lookup(path):
+    if path not in flat:
+      raise KeyError(f"`shardings` has no entry for {path!r}; it must be a tree matching the params.")
+    return flat[path]
+
+  return lookup
 
 
-def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
-  """Shape and dtype from an .npy member's header, without reading its data."""
-  with zf.open(name) as f:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-      shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-      shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-      shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+def _float_dtype(dtype):
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"dtype must be a floating point type, got {dtype}.")
+  return dtype
+
+
+# --- PaliGemma .npz --------------------------------------------------------------------------------------
+
+
+def npz_key_to_path(key: str) -> str:
+  """big_vision key (`params/img/...` or `img/...`) -> model path (`PaliGemma/img/...`)."""
+  return PALIGEMMA_PREFIX + (key[len(NPZ_PREFIX):] if key.startswith(NPZ_PREFIX) else key)
+
+
+def paligemma_npz_shapes(params, *, prefix: str = NPZ_PREFIX) -> dict[str, Shape]:
+  """{npz key: shape} that `save_paligemma_npz` writes for `params` (works on ShapeDtypeStructs too)."""
+  return {prefix + path[len(PALIGEMMA_PREFIX):]: tuple(leaf.shape)
+          for path, leaf in flatten(_unwrap(params)).items() if is_paligemma_path(path)}
+
+
+def _read_npy_header(f) -> tuple[Shape, np.dtype]:
+  version = np.lib.format.read_magic(f)
+  if version == (1, 0):
+    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+  elif version == (2, 0):
+    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+  else:
+    raise ValueError(f"unsupported .npy format version {version}")
   return tuple(shape), dtype
 
 
-def npz_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """{npz key: (shape, stored dtype)} read from the headers only."""
+def npz_array_headers(path: str) -> dict[str, tuple[Shape, np.dtype] | None]:
+  """{key: (shape, stored dtype)} of every member of an `.npz`, from the .npy headers only (no array data).
+
+  Keys are the names `np.load(path).files` uses; a member that is not an .npy array maps to None.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"PaliGemma checkpoint not found: {path}")
+  out = {}
   with zipfile.ZipFile(path) as zf:
-    return {name[:-len(".npy")]: _npy_header(zf, name) for name in zf.namelist() if name.endswith(".npy")}
+    for name in zf.namelist():
+      if not name.endswith(".npy"):
+        out[name] = None
+        continue
+      with zf.open(name) as f:
+        try:
+          out[name[:-len(".npy")]] = _read_npy_header(f)
+        except ValueError as e:
+          raise ValueError(f"{path}: member {name!r} is not a readable .npy array: {e}") from e
+  return out
+
+
+def _is_supported_dtype(dtype: np.dtype) -> bool:
+  # big_vision writes bfloat16 as 2-byte void; anything else must be a real float type.
+  return (dtype.kind == "V" and dtype.itemsize == 2 and dtype.fields is None) or dtype.kind == "f" or (
+      dtype == ml_dtypes.bfloat16)
+
+
+def check_paligemma_npz(path: str, config) -> dict[str, str]:
+  """Checks a big_vision `.npz` against `config` from its headers alone; returns {model path: npz key}.
+
+  Raises ParamTreeMismatchError listing every missing, unexpected (including duplicate, e.g. both `params/x`
+  and `x`) and mismatched key, or an unsupported dtype.
+  """
+  headers = npz_array_headers(path)
+  expected = {k: tuple(v.shape) for k, v in flatten(abstract_params(config)).items() if is_paligemma_path(k)}
+  keys, found, unexpected, bad_dtypes, aliases = {}, {}, set(), {}, {}
+  for key, header in headers.items():
+    model_path = npz_key_to_path(key)
+    if header is None or model_path in keys:
+      unexpected.add(key)
+      continue
+    keys[model_path], found[model_path], aliases[model_path] = key, header[0], key
+    if not _is_supported_dtype(header[1]):
+      bad_dtypes[model_path] = header[1]
+  missing, wrong_names, mismatched = _diff(found, expected)
+  if missing or wrong_names or unexpected or mismatched or bad_dtypes:
+    raise ParamTreeMismatchError(
+        path, missing, {aliases[k] for k in wrong_names} | unexpected, mismatched, bad_dtypes, aliases=aliases,
+        note="file keys map to model paths by dropping a leading 'params/' and adding 'PaliGemma/'; a PaliGemma "
+        "file holds SigLIP and Gemma expert 0 only")
+  return keys
 
 
 def _as_numeric(x: np.ndarray) -> np.ndarray:
-  # big_vision stores bfloat16 as 2-byte void; numpy has no bfloat16 of its own.
   if x.dtype.kind == "V" and x.dtype.itemsize == 2:
     return x.view(ml_dtypes.bfloat16)
   return x
 
 
-def load_paligemma_npz(path: str, config, *, rng, shardings=None, dtype=None) -> dict:
-  """Full pi0 params: SigLIP + Gemma expert 0 from a big_vision `.npz`, the rest initialised from `rng`.
-
-  `shardings`: a tree of jax Shardings matching the params, or a callable path -> Sharding, or None
-  (default device). `dtype` overrides the model's parameter dtype (float32) for loaded arrays.
-  """
-  expected = {k: v for k, v in flatten(abstract_params(config)).items()}
-  stored = npz_shapes(path)
-  paths = {_npz_key_to_path(k): k for k in stored}
-  check_tree({p: stored[k][0] for p, k in paths.items()},
-             {k: v.shape for k, v in expected.items() if is_paligemma_path(k)}, source=path)
-
-  if shardings is None:
-    sharding_of = lambda p: None
-  elif callable(shardings):
-    sharding_of = shardings
-  else:
-    sharding_of = flatten(shardings).__getitem__
-
-  # Initialise only what the file does not hold; XLA drops the rest of init.
-  rest = [k for k in expected if k not in paths]
-  from pi0_jax.model import Observation, Pi0
+@functools.lru_cache(maxsize=16)
+def _init_subset_fn_cached(config, paths, dtype, out_shardings):
+  from pi0_jax.model import Pi0  # pylint: disable=g-import-not-at-top
   model = Pi0(config)
 
-  def init_rest(r):
-    params = flatten(model.init(r, Observation.fake(config, 1),
-                                jnp.zeros((1, config.action_horizon, config.action_dim)))["params"])
-    return {k: params[k] for k in rest}
+  def init(rng):
+    params = flatten(model.init(rng, *_init_args(config))["params"])
+    return {k: params[k] if dtype is None else params[k].astype(dtype) for k in paths}
 
-  out_sh = None if shardings is None else {k: sharding_of(k) for k in rest}
-  flat = dict(jax.jit(init_rest, out_shardings=out_sh)(rng))
+  shardings = None if out_shardings is None else dict(zip(paths, out_shardings))
+  return jax.jit(init, out_shardings=shardings)
+
+
+def init_subset_fn(config, paths: tuple[str, ...], dtype=None, out_shardings: tuple | None = None):
+  """A jitted `rng -> {path: leaf}` giving the leaves `paths` exactly as `Pi0(config).init(rng, ...)` would.
+
+  Only those leaves are outputs, so XLA prunes the rest of init and the forward pass init traces: for the full
+  pi0, initialising the action expert and heads needs about 1.6 GB, not the 12.9 GB of the whole model.
+  `out_shardings`: one Sharding per path, or None.
+  """
+  paths = tuple(paths)
+  try:
+    return _init_subset_fn_cached(config, paths, dtype, out_shardings)
+  except TypeError:  # An unhashable config or sharding: build it afresh.
+    return _init_subset_fn_cached.__wrapped__(config, paths, dtype, out_shardings)
+
+
+def load_paligemma_npz(path: str, config, *, rng, shardings: ShardingSpec = None, dtype=None) -> dict:
+  """Full pi0 params: SigLIP + Gemma expert 0 from a big_vision `.npz`, the rest initialised from `rng`.
+
+  Args:
+    path: the `.npz` (keys with or without the `params/` prefix; bfloat16 stored as `|V2` is understood).
+    config: the Pi0Config whose tree the file must fit.
+    rng: a jax PRNG key (or int seed). The action expert and pi0 heads get exactly the values
+      `Pi0(config).init(rng, ...)` would give them.
+    shardings: where arrays go: a tree of jax.sharding.Sharding matching the params, one Sharding for all,
+      a callable path -> Sharding, or None (the default device).
+    dtype: dtype of every leaf; default the model's parameter dtype (float32).
+
+  Returns:
+    The params tree (without the `{"params": ...}` wrapper).
+  """
+  # Everything is checked before a byte of array data is read or anything is initialised.
+  npz_keys = check_paligemma_npz(path, config)
+  expected = flatten(abstract_params(config))
+  sharding_of = _sharding_fn(shardings)
+  if isinstance(rng, (int, np.integer)):
+    rng = jax.random.key(rng)
+
+  rest = tuple(k for k in expected if k not in npz_keys)
+  out_shardings = None
+  if shardings is not None:
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    out_shardings = tuple(sharding_of(k) or default for k in rest)
+  init = init_subset_fn(config, rest, None if dtype is None else _float_dtype(dtype), out_shardings)
+  flat = dict(init(rng))
 
   with np.load(path, allow_pickle=False) as npz:
-    for p, key in paths.items():
-      target = jnp.dtype(dtype) if dtype is not None else expected[p].dtype
-      array = _as_numeric(npz[key]).astype(target)
-      sh = sharding_of(p)
-      flat[p] = jax.device_put(array, sh) if sh is not None else jnp.asarray(array)
-      del array
-  return unflatten(flat)
+    for model_path, key in npz_keys.items():
+      target = expected[model_path].dtype if dtype is None else _float_dtype(dtype)
+      array = _as_numeric(npz[key]).astype(target, copy=False)
+      flat[model_path] = jax.device_put(array, sharding_of(model_path))
+      del array  # Only the placed copy survives the loop iteration.
+  return unflatten({k: flat[k] for k in expected})
 
 
-def save_paligemma_npz(params, path: str, *, dtype: str | None = "bfloat16", prefix: str = "params/") -> list[str]:
-  """Writes SigLIP + Gemma expert 0 in big_vision's `.npz` layout, one array at a time.
+def save_paligemma_npz(params, path: str, *, dtype: Any = "bfloat16", prefix: str = NPZ_PREFIX) -> list[str]:
+  """Writes SigLIP + Gemma expert 0 of `params` as a big_vision `.npz`, one array at a time.
 
-  bfloat16 arrays are stored as 2-byte void (`|V2`), as big_vision does. Returns the keys written.
+  Args:
+    params: the pi0 params tree (or `{"params": tree}`); only the PaliGemma part is written.
+    path: the output file; written to `path + '.tmp'` and renamed when complete.
+    dtype: cast every array to it (None keeps each array's dtype). bfloat16 is stored as 2-byte void (`|V2`),
+      as big_vision does, since numpy has no bfloat16 of its own.
+    prefix: prepended to every key (big_vision uses `params/`).
+
+  Returns:
+    The keys written (as `np.load(path).files` lists them).
   """
-  flat = flatten(params.get("params", params) if isinstance(params, Mapping) else params)
-  keys = []
+  flat = flatten(_unwrap(params))
+  names = paligemma_npz_shapes(params, prefix=prefix)
+  path = os.fspath(path)
   tmp = path + ".tmp"
-  with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-    for p, value in flat.items():
-      if not is_paligemma_path(p):
-        continue
-      array = np.asarray(jax.device_get(value))
-      if dtype is not None:
-        array = array.astype(jnp.dtype(dtype))
-      if array.dtype == ml_dtypes.bfloat16:
-        array = array.view(np.dtype("V2"))
-      key = prefix + p[len(PALIGEMMA_PREFIX):]
-      with zf.open(key + ".npy", "w", force_zip64=True) as f:
-        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
-      keys.append(key)
-  os.replace(tmp, path)
-  return keys
+  try:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+      for key in names:
+        array = np.asarray(jax.device_get(flat[PALIGEMMA_PREFIX + key[len(prefix):]]))
+        if dtype is not None:
+          array = array.astype(jnp.dtype(dtype), copy=False)
+        if array.dtype == ml_dtypes.bfloat16:
+          array = array.view(np.dtype("V2"))
+        # force_zip64: a member over 2 GiB (the f32 embedding table) needs zip64 headers, known before writing.
+        with zf.open(key + ".npy", "w", force_zip64=True) as f:
+          np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        del array
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return list(names)
 
 
-# --- openpi Orbax layout -----------------------------------------------------------------------------
+# --- openpi Orbax layout -------------------------------------------------------------------------------------
 
 
-def save_openpi_params(params, directory: str) -> None:
-  """Writes `{"params": tree}` as an Orbax PyTree checkpoint, the layout openpi restores from."""
-  import orbax.checkpoint as ocp
-  tree = params.get("params", params) if isinstance(params, Mapping) and set(params) == {"params"} else params
-  with ocp.PyTreeCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(directory), {"params": tree})
-
-
-def load_openpi_params(directory: str, config=None, *, shardings=None, dtype=None) -> dict:
-  """Reads openpi's Orbax params (trailing `value` path components stripped) and checks them against `config`.
-
-  With `shardings` (a tree matching the params) arrays land sharded; otherwise as numpy arrays.
-  """
-  import orbax.checkpoint as ocp
-  directory = os.path.abspath(directory)
+def _resolve_openpi_dir(directory: str) -> str:
+  directory = os.path.abspath(os.fspath(directory))
   if not os.path.exists(directory):
     raise FileNotFoundError(f"openpi params not found: {directory}")
+  # openpi keeps params in `<step>/params`; accept the step directory too.
+  inner = os.path.join(directory, "params")
+  if not os.path.exists(os.path.join(directory, "_METADATA")) and os.path.exists(os.path.join(inner, "_METADATA")):
+    return inner
+  return directory
+
+
+def _openpi_metadata(directory: str) -> tuple[dict[str, Any], bool]:
+  """({stored leaf path: ArrayMetadata}, whether paths carry a trailing `value`) from metadata only."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.PyTreeCheckpointer() as ckptr:
-    metadata = ckptr.metadata(directory)
-    tree_meta = getattr(metadata, "item_metadata", metadata)
-    tree_meta = getattr(tree_meta, "tree", tree_meta)
-    if "params" not in tree_meta:
-      raise ParamTreeMismatchError(directory, ["params"], list(tree_meta), {})
-    item = {"params": tree_meta["params"]}
-    flat_meta = flatten(item["params"])
-    strip = bool(flat_meta) and all(k.split("/")[-1] == "value" for k in flat_meta)
-    name_of = (lambda k: k.rsplit("/", 1)[0]) if strip else (lambda k: k)
-    found = {name_of(k): tuple(v.shape) for k, v in flat_meta.items()}
-    if config is not None:
-      check_tree(found, {k: v.shape for k, v in flatten(abstract_params(config)).items()}, source=directory)
-    flat_sh = flatten(shardings) if shardings is not None else None
-
-    def restore_args(key, meta):
-      kw = {"dtype": jnp.dtype(dtype)} if dtype is not None else {}
-      if flat_sh is not None:
-        return ocp.ArrayRestoreArgs(sharding=flat_sh[name_of(key)], **kw)
-      return ocp.RestoreArgs(restore_type=np.ndarray, **kw)
-
-    args = {"params": unflatten({k: restore_args(k, v) for k, v in flat_meta.items()})}
-    restored = ckptr.restore(directory, ocp.args.PyTreeRestore(item=item, restore_args=args))["params"]
-  return unflatten({name_of(k): v for k, v in flatten(restored).items()})
+    tree = ckptr.metadata(directory).item_metadata
+  if tree is None or "params" not in tree:
+    top = [] if tree is None else sorted(tree.keys())
+    raise ParamTreeMismatchError(directory, ["params"], top, note="openpi params are saved as {'params': tree}")
+  flat = flatten(dict(tree["params"]))
+  # openpi's nnx.State saves wrap every leaf in {'value': ...}.
+  strip = bool(flat) and all(k.rsplit("/", 1)[-1] == "value" for k in flat)
+  return flat, strip
 
 
-def main(argv):
-  from absl import flags
-  from pi0_jax.model import get_preset
-  del argv
+def _strip_value(key: str, strip: bool) -> str:
+  return key.rsplit("/", 1)[0] if strip else key
+
+
+def openpi_param_shapes(directory: str) -> dict[str, Shape]:
+  """{model path: shape} of an openpi params checkpoint (trailing `value` stripped), from metadata only."""
+  flat, strip = _openpi_metadata(_resolve_openpi_dir(directory))
+  return {_strip_value(k, strip): tuple(v.shape) for k, v in flat.items()}
+
+
+def check_openpi_params(directory: str, config) -> dict[str, Shape]:
+  """Checks an openpi params checkpoint against `config` without reading arrays; returns its shapes."""
+  shapes = openpi_param_shapes(directory)
+  check_tree(shapes, _shapes(abstract_params(config)), _resolve_openpi_dir(directory))
+  return shapes
+
+
+def save_openpi_params(params, directory: str, *, force: bool = False) -> None:
+  """Writes `{"params": tree}` as an Orbax PyTree checkpoint, the layout openpi's `restore_params` reads.
+
+  `params`: the tree or `{"params": tree}`; jax arrays (sharded or not) or numpy arrays. `force` overwrites.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.PyTreeCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(os.fspath(directory)), args=ocp.args.PyTreeSave({"params": _unwrap(params)}),
+               force=force)
+
+
+def load_openpi_params(directory: str, config=None, *, shardings: ShardingSpec = None, dtype=None) -> dict:
+  """Restores openpi params (an Orbax PyTree checkpoint of `{"params": tree}`) as the bare tree.
+
+  A trailing `value` path component (openpi's nnx.State saves) is stripped when every leaf has one. With
+  `config`, names and shapes are checked against `abstract_params(config)` before anything is read.
+  `shardings` (a tree matching the params, one Sharding, or a callable path -> Sharding) places arrays as
+  jax arrays; without it they come back as numpy arrays. `dtype` casts every leaf.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = _resolve_openpi_dir(directory)
+  flat_meta, strip = _openpi_metadata(directory)
+  if config is not None:
+    check_tree({_strip_value(k, strip): tuple(v.shape) for k, v in flat_meta.items()},
+               _shapes(abstract_params(config)), directory)
+  sharding_of = _sharding_fn(shardings)
+  extra = {} if dtype is None else {"dtype": _float_dtype(dtype)}
+
+  def restore_args(key):
+    if shardings is None:
+      return ocp.RestoreArgs(restore_type=np.ndarray, **extra)
+    sharding = sharding_of(_strip_value(key, strip)) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return ocp.ArrayRestoreArgs(sharding=sharding, **extra)
+
+  item = {"params": unflatten(flat_meta)}
+  args = {"params": unflatten({k: restore_args(k) for k in flat_meta})}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(item=item, restore_args=args))["params"]
+  return unflatten({_strip_value(k, strip): v for k, v in flatten(restored).items()})
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def _count(shapes: Iterable[Shape]) -> int:
+  return sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
+
+
+def check_main(*, npz: str | None, openpi: str | None, config_preset: str) -> str:
+  """What `--check` does: validate headers / metadata against a preset, return a summary (raises on mismatch)."""
+  from pi0_jax.model import get_preset  # pylint: disable=g-import-not-at-top
+  config = get_preset(config_preset)
+  expected = _shapes(abstract_params(config))
+  lines = []
+  if npz:
+    keys = check_paligemma_npz(npz, config)
+    headers = npz_array_headers(npz)
+    dtypes = sorted({str(_as_numeric(np.empty(0, headers[k][1])).dtype) for k in keys.values()})
+    rest = [s for k, s in expected.items() if k not in keys]
+    loaded = _count(headers[k][0] for k in keys.values())
+    lines.append(f"{npz}: fits preset {config_preset!r}: {len(keys)} arrays, {loaded:,} "
+                 f"parameters ({', '.join(dtypes)}); {len(rest)} arrays, {_count(rest):,} parameters "
+                 "(action expert, pi0 heads) would be initialised.")
+  if openpi:
+    shapes = check_openpi_params(openpi, config)
+    lines.append(f"{openpi}: fits preset {config_preset!r}: {len(shapes)} arrays, {_count(shapes.values()):,} "
+                 "parameters.")
+  return "\n".join(lines)
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("npz", None, "A PaliGemma big_vision .npz to check.")
+  flags.DEFINE_string("openpi", None, "An openpi params directory (Orbax PyTree checkpoint) to check.")
+  flags.DEFINE_string("config_preset", "pi0", "The Pi0Config preset to check against (pi0_jax.model.PRESETS).")
+  flags.DEFINE_bool("check", False, "Validate names, shapes and dtypes against the preset (headers only, no "
+                    "array data is read) and print counts.")
+
+
+def _main(argv):
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  config = get_preset(f.preset)
-  expected = {k: v.shape for k, v in flatten(abstract_params(config)).items()}
-  if f.npz:
-    stored = npz_shapes(f.npz)
-    found = {_npz_key_to_path(k): s for k, (s, _) in stored.items()}
-    check_tree(found, {k: v for k, v in expected.items() if is_paligemma_path(k)}, source=f.npz)
-    n = sum(int(np.prod(s)) for s in found.values())
-    dtypes = sorted({str(_as_numeric(np.empty(0, d)).dtype) for _, d in stored.values()})
-    print(f"{f.npz}: {len(found)} arrays, {n:,} parameters ({', '.join(dtypes)}), fits preset {f.preset!r}.")
-  if f.openpi:
-    params = load_openpi_params(f.openpi, config)
-    print(f"{f.openpi}: {len(flatten(params))} arrays fit preset {f.preset!r}.")
+  if not f.check:
+    raise app.UsageError("Nothing to do: pass --check (the only action so far).")
+  if not (f.npz or f.openpi):
+    raise app.UsageError("Pass --npz=FILE and/or --openpi=DIR.")
+  try:
+    print(check_main(npz=f.npz, openpi=f.openpi, config_preset=f.config_preset))
+  except (ParamTreeMismatchError, FileNotFoundError) as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
-  from absl import app, flags as _flags
-  _flags.DEFINE_string("npz", None, "A PaliGemma big_vision .npz to check.")
-  _flags.DEFINE_string("openpi", None, "An openpi params directory (Orbax) to check.")
-  _flags.DEFINE_string("preset", "pi0", "Pi0Config preset to check against (pi0_jax.model.PRESETS).")
-  app.run(main)
+  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  _app.run(_main)

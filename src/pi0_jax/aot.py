@@ -1,0 +1,509 @@
+"""Ahead-of-time compile of the real train step for a TPU topology, on any host.
+
+Before paying for a pod, this answers "does the step fit, and how much work is
+it": libtpu's topology API gives compile-only devices for e.g. a v5e-256, the
+train step is lowered with abstract (ShapeDtypeStruct) state and batch carrying
+their NamedShardings, and XLA's TPU compiler reports the per-chip memory and
+cost. No array is ever allocated, so a CPU host with a few GiB compiles the
+full 3.3B-parameter pi0.
+
+  python -m pi0_jax.aot --config=configs/pi0_pretrain.py --topology=v5e:16x16
+  python -m pi0_jax.aot --topology=v5p:4x4x4 --preset=pi0 --global_batch=256
+      --mesh=data:1,fsdp:8,fsdp2:8 --ema_decay=0.99 --json=/tmp/aot.json  (one line)
+
+From Python: `compile_train_step(model_config, topology=..., mesh_axes=..., ...)`
+returns the report dict that the command prints.
+
+FLOPs. XLA's `cost_analysis()` counts the body of a while loop once, whatever
+its trip count, and pi0 scans over its layers (18 Gemma, 27 SigLIP), so the raw
+figure undercounts the step several times over. The report therefore gives two
+numbers: `flops_per_chip`, the matmul FLOPs (dot_general and convolution) of the
+traced step with every scan multiplied by its length, remat recomputation
+included, divided over the data-parallel shards; and `xla_flops_per_chip`, the raw
+cost-analysis figure. The compiler's roofline `optimal_seconds` comes from the
+same cost model; the projected MFU is XLA's flops / optimal_seconds / the chip's
+peak (both see the scanned layers once, so the ratio is the model's efficiency
+estimate), and the projected step time is the counted FLOPs at that efficiency.
+These are estimates from a cost model, not measurements, and they are left out
+when the model's figure is unusable (for pi0 on 256 v5e chips it is negative).
+"""
+
+from __future__ import annotations
+
+import os
+
+# libtpu must never try to reach a cloud metadata server from a machine that is not a TPU VM. Its lockfile
+# keeps two processes off the same chips; compile-only devices touch none, so several processes (parallel
+# tests, a benchmark) may load it at once. Both are read when libtpu loads: lazily, at the first topology.
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+if __name__ == "__main__":
+  # The command only compiles: keep jax off any local accelerator (a training job may hold it). Read when
+  # jax is imported, hence before the imports below.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Mapping, Sequence  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from pi0_jax.model import Observation, Pi0, Pi0Config, get_preset  # noqa: E402
+from pi0_jax.train import optimizer as optimizer_lib, sharding, step as step_lib  # noqa: E402
+from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+  """Public per-chip figures of a TPU generation."""
+
+  generation: str
+  peak_bf16_flops: float
+  hbm_bytes: int
+  topology_dims: int  # 2-d torus (v5e, v6e) or 3-d (v4, v5p) topology names.
+  chip_config_name: str  # libtpu's chip configuration: one JAX device per chip in each case.
+
+
+CHIPS: dict[str, ChipSpec] = {
+    # v4 runs as "megacore" (both TensorCores as one device), as JAX does on real v4 chips; libtpu's
+    # "default" there would give one device per core.
+    "v4": ChipSpec("v4", 275e12, 32 * GiB, 3, "megacore"),
+    "v5e": ChipSpec("v5e", 197e12, 16 * GiB, 2, "default"),
+    "v5p": ChipSpec("v5p", 459e12, 95 * GiB, 3, "default"),
+    "v6e": ChipSpec("v6e", 918e12, 32 * GiB, 2, "default"),
+}
+
+# pi0's published recipe (see pi0_jax.train.optimizer); only the optimizer's state shapes matter here.
+DEFAULT_OPTIMIZER = dict(peak_lr=2.5e-5, warmup_steps=1000, decay_steps=30_000, end_lr=2.5e-6, b1=0.9, b2=0.95,
+                         eps=1e-8, weight_decay=1e-10, clip_grad_norm=1.0, freeze=None, weight_decay_exclude=None)
+
+
+def parse_topology(topology: str) -> tuple[ChipSpec, tuple[int, ...]]:
+  """'v5e:16x16' -> (the v5e ChipSpec, (16, 16)); ValueError naming the known forms otherwise."""
+  known = ", ".join(f"{g}:" + "x".join(["N"] * c.topology_dims) for g, c in CHIPS.items())
+  m = re.fullmatch(r"\s*([a-z0-9]+):(\d+(?:x\d+)*)\s*", str(topology).lower())
+  if not m:
+    raise ValueError(f"topology {topology!r}: expected GENERATION:DIMS, e.g. v5e:16x16 or v5p:4x4x4 "
+                     f"(known: {known}).")
+  gen, dims = m.group(1), tuple(int(d) for d in m.group(2).split("x"))
+  if gen not in CHIPS:
+    raise ValueError(f"topology {topology!r}: unknown TPU generation {gen!r}; known: {known}.")
+  chip = CHIPS[gen]
+  if len(dims) != chip.topology_dims or min(dims) < 1:
+    raise ValueError(f"topology {topology!r}: {gen} topologies have {chip.topology_dims} positive dimensions, "
+                     f"e.g. {gen}:" + "x".join(["4"] * chip.topology_dims) + ".")
+  return chip, dims
+
+
+def num_chips(topology: str) -> int:
+  return math.prod(parse_topology(topology)[1])
+
+
+def topology_devices(topology: str) -> list:
+  """Compile-only devices of `topology` from libtpu (no TPU needed); ValueError if libtpu rejects it."""
+  chip, dims = parse_topology(topology)
+  if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
+    # Nothing in this process will run a real TPU runtime, so libtpu's multi-host settings do not matter;
+    # a placeholder keeps it from logging an error about the (unset) worker list.
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  from jax.experimental import topologies  # Local: loads libtpu.
+
+  # Hosts of 2x2 chips, as on TPU VMs of every generation here (smaller topologies: one host).
+  bounds = tuple(min(2, d) for d in dims[:2]) + (1,)
+  name = f"{chip.generation}:" + "x".join(map(str, dims))
+  try:
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name=chip.chip_config_name,
+                                        chips_per_host_bounds=bounds, num_slices=1)
+  except Exception as e:  # libtpu's own message says what it disliked; keep it.
+    raise ValueError(f"topology {topology!r}: libtpu could not build it: {e}") from e
+  devices = list(desc.devices)
+  if len(devices) != math.prod(dims):
+    raise ValueError(f"topology {topology!r}: libtpu returned {len(devices)} devices for {math.prod(dims)} chips.")
+  return devices
+
+
+def parse_mesh(spec: str | Sequence) -> list[tuple[str, int]]:
+  """'data:1,fsdp:-1' (or [[name, size], ...]) -> [('data', 1), ('fsdp', -1)]."""
+  if isinstance(spec, str):
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    out = []
+    for item in items:
+      name, sep, size = item.partition(":")
+      if not sep or not name or not re.fullmatch(r"-?\d+", size.strip()):
+        raise ValueError(f"mesh {spec!r}: expected NAME:SIZE pairs separated by commas, e.g. data:1,fsdp:-1.")
+      out.append((name.strip(), int(size)))
+    return out
+  return [(str(name), int(size)) for name, size in spec]
+
+
+def resolve_mesh_axes(mesh_axes, chips: int, topology: str = "") -> list[tuple[str, int]]:
+  """Fills in a -1 size; ValueError unless the sizes multiply to exactly `chips`."""
+  axes = parse_mesh(mesh_axes)
+  sizes = dict(axes)
+  where = f" ({topology}: {chips} chips)" if topology else f" ({chips} chips)"
+  if not axes or len(sizes) != len(axes):
+    raise ValueError(f"mesh {axes}: need at least one axis and distinct names.")
+  unknown = [n for n, s in axes if s == -1]
+  if len(unknown) > 1 or any(s == 0 or s < -1 for _, s in axes):
+    raise ValueError(f"mesh {sizes}: sizes must be positive, with at most one -1.")
+  known = math.prod(s for _, s in axes if s != -1)
+  if unknown:
+    if chips % known:
+      raise ValueError(f"mesh {sizes}: the fixed sizes multiply to {known}, which does not divide the chip "
+                       f"count{where}.")
+    axes = [(n, chips // known if s == -1 else s) for n, s in axes]
+  total = math.prod(s for _, s in axes)
+  if total != chips:
+    raise ValueError(f"mesh {dict(axes)} has {total} devices, but the topology has {chips}{where}; the axis "
+                     f"sizes must multiply to the chip count (one may be -1).")
+  return axes
+
+
+def _abstract_batch(cfg: Pi0Config, batch_size: int, batch_sh) -> dict:
+  """The input pipeline's batch (see pi0_jax.train.step) as ShapeDtypeStructs with the batch sharding."""
+  obs = jax.eval_shape(lambda: Observation.fake(cfg, batch_size))
+  batch = {"observation": obs,
+           "actions": jax.ShapeDtypeStruct((batch_size, cfg.action_horizon, cfg.action_dim), jnp.float32),
+           "action_pad_mask": jax.ShapeDtypeStruct((batch_size, cfg.action_horizon), jnp.bool_),
+           "action_dim_mask": jax.ShapeDtypeStruct((batch_size, cfg.action_dim), jnp.bool_)}
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sh), batch)
+
+
+def _per_chip_bytes(abstract_tree) -> int:
+  """Bytes of the largest shard of every leaf, summed: what one chip holds of `abstract_tree`."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_tree))
+
+
+# --- The compile ----------------------------------------------------------------------------------------
+
+
+def validate(*, topology: str, mesh_axes, data_axes: Sequence[str], fsdp_axes: Sequence[str], global_batch: int,
+             grad_accum_steps: int) -> tuple[ChipSpec, list[tuple[str, int]]]:
+  """The checks that need no compile; returns the chip and the resolved mesh axes. ValueError otherwise."""
+  chip, dims = parse_topology(topology)
+  axes = resolve_mesh_axes(mesh_axes, math.prod(dims), topology)
+  sizes = dict(axes)
+  for kind, names in (("data_axes", data_axes), ("fsdp_axes", fsdp_axes)):
+    for name in names:
+      if name not in sizes:
+        raise ValueError(f"{kind} names {name!r}, but the mesh axes are {tuple(sizes)}.")
+  dp = math.prod(sizes[a] for a in data_axes)
+  accum = int(grad_accum_steps)
+  if accum < 1:
+    raise ValueError(f"grad_accum_steps must be >= 1, got {accum}.")
+  if global_batch < 1 or global_batch % dp:
+    raise ValueError(f"global batch {global_batch} is not divisible by the data-parallel size {dp} (mesh axes "
+                     f"{tuple(data_axes)} of {sizes} on {topology}).")
+  if global_batch % accum or (global_batch // accum) % dp:
+    raise ValueError(f"global batch {global_batch} must split into grad_accum_steps={accum} micro-batches that are "
+                     f"each divisible by the data-parallel size {dp} (mesh {sizes} on {topology}).")
+  return chip, axes
+
+
+def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, global_batch: int,
+                       data_axes: Sequence[str] | None = None, fsdp_axes: Sequence[str] | None = None,
+                       optimizer_cfg: Mapping[str, Any] | None = None, ema_decay: float | None = None,
+                       grad_accum_steps: int = 1, rules=((".*", "auto"),), peak_flops: float | None = None,
+                       hbm_bytes: int | None = None) -> dict:
+  """Compiles pi0's train step for `topology` without allocating anything; returns the report dict.
+
+  mesh_axes: [(name, size)] or 'data:1,fsdp:-1' (one size may be -1; sizes multiply to the chip count).
+  data_axes: the batch is split over these (default: every mesh axis); fsdp_axes: parameters and optimizer
+  state are sharded over these (default: the axes named fsdp*). `model_config.activation_batch_axes` is set
+  to `data_axes`, as the trainer does. peak_flops / hbm_bytes override the chip table's figures.
+  Raises ValueError before compiling for an unknown topology, a mesh that does not match the chip count or
+  a batch the data-parallel size does not divide.
+  """
+  axes_in = parse_mesh(mesh_axes)
+  data_axes = tuple(data_axes) if data_axes is not None else tuple(n for n, _ in axes_in)
+  fsdp_axes = tuple(fsdp_axes) if fsdp_axes is not None else tuple(n for n, _ in axes_in if n.startswith("fsdp"))
+  global_batch, grad_accum_steps = int(global_batch), int(grad_accum_steps)
+  chip, axes = validate(topology=topology, mesh_axes=axes_in, data_axes=data_axes, fsdp_axes=fsdp_axes,
+                        global_batch=global_batch, grad_accum_steps=grad_accum_steps)
+  rules = [tuple(r) for r in rules]
+  optimizer_cfg = dict(DEFAULT_OPTIMIZER if optimizer_cfg is None else optimizer_cfg)
+  t_start = time.perf_counter()
+
+  devices = topology_devices(topology)
+  mesh = sharding.make_mesh(axes, devices)
+  dp = sharding.data_parallel_size(mesh, data_axes)
+  model_config = model_config.replace(activation_batch_axes=data_axes)
+  model = Pi0(model_config)
+  # Parameters do not depend on the activation constraint; without it, init needs no mesh (and its batch
+  # of 1 need not divide the data-parallel size).
+  init_model = Pi0(model_config.replace(activation_batch_axes=()))
+  rng = jax.random.key(0)
+  ema = ema_decay is not None
+  abstract_params = jax.eval_shape(lambda r: step_lib.init_state(init_model, _NoTx(), r, ema=False)["params"], rng)
+  tx, schedule = optimizer_lib.make_optimizer(optimizer_cfg, abstract_params)
+  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, init_model, tx, ema=ema), rng)
+  state_sh = sharding.state_shardings(abstract_state, mesh, rules, fsdp_axes, tx)
+  batch_sh = sharding.batch_sharding(mesh, data_axes)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
+                                state_sh)
+  abstract_batch = _abstract_batch(model_config, global_batch, batch_sh)
+  replicated = NamedSharding(mesh, P())
+  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
+                                                ema_decay=ema_decay),
+                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  with jax.set_mesh(mesh):
+    traced = train_step.trace(abstract_state, abstract_batch)
+    lowered = traced.lower()
+  t_lowered = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:
+    # The TPU compiler refuses a program whose buffers exceed the chip's HBM: that is an answer, not a crash.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    compiled, compile_error = None, str(e)
+  t_compiled = time.perf_counter()
+
+  chips = len(devices)
+  hbm = int(hbm_bytes or chip.hbm_bytes)
+  memory = {"state_bytes": _per_chip_bytes(abstract_state), "batch_bytes": _per_chip_bytes(abstract_batch),
+            "hbm_bytes": hbm}
+  cost = {}
+  if compiled is not None:
+    mem = compiled.memory_analysis()
+    memory.update(argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+                  alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+                  generated_code_bytes=int(mem.generated_code_size_in_bytes))
+    # Donated state buffers are reused for the new state: count them once.
+    memory["total_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
+                             + memory["temp_bytes"] + memory["generated_code_bytes"])
+    memory.update(hbm_fraction=memory["total_bytes"] / hbm, fits=memory["total_bytes"] <= hbm)
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
+      cost = cost[0] if cost else {}
+    cost = dict(cost or {})
+  else:
+    memory.update(fits=False, compiler_error=compile_error.strip().splitlines()[0][:2000])
+    # e.g. "... memory required for HLO temporaries (30.04G) exceeds available HBM (15.75G)"; XLA's G is GiB.
+    for key, pattern in (("temp_bytes", r"HLO temporaries \(([\d.]+)G\)"),
+                         ("hbm_available_bytes", r"available HBM \(([\d.]+)G\)")):
+      found = re.search(pattern, compile_error)
+      if found:
+        memory[key] = int(float(found.group(1)) * GiB)
+  flops_global = jaxpr_matmul_flops(traced.jaxpr)
+  # Each data-parallel shard computes its slice of the batch; other mesh axes (if any) repeat that work, as
+  # nothing here is tensor-parallel.
+  flops_per_chip = flops_global / dp
+  xla_flops = float(cost["flops"]) if "flops" in cost else None
+  raw_optimal = float(cost["optimal_seconds"]) if "optimal_seconds" in cost else None
+  # The cost model gives a negative figure for some programs (seen for the full pi0 on 256 chips): unusable.
+  optimal_seconds = raw_optimal if raw_optimal and raw_optimal > 0 else None
+  peak = float(peak_flops or chip.peak_bf16_flops)
+  # FLOPs and optimal_seconds from the same cost model, which sees each scanned layer once in both: their
+  # ratio is its efficiency estimate. The jaxpr FLOPs over optimal_seconds would exceed 100% (pi0 on v5p: ~8x).
+  mfu = xla_flops / optimal_seconds / peak if optimal_seconds and xla_flops else None
+  if mfu is not None and not 0 < mfu <= 1:
+    mfu = None
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+
+  return {
+      "topology": topology,
+      "generation": chip.generation,
+      "device_kind": devices[0].device_kind,
+      "num_chips": chips,
+      "mesh": dict(mesh.shape),
+      "data_axes": list(data_axes),
+      "fsdp_axes": list(fsdp_axes),
+      "global_batch": global_batch,
+      "per_chip_batch": global_batch / dp,
+      "grad_accum_steps": grad_accum_steps,
+      "ema": ema,
+      "num_params": int(params),
+      "model": {"remat_policy": model_config.remat_policy, "dtype": model_config.dtype,
+                "image_keys": list(model_config.image_keys), "image_resolution": model_config.image_resolution,
+                "action_horizon": model_config.action_horizon, "action_dim": model_config.action_dim,
+                "max_token_len": model_config.max_token_len, "prefix_len": model_config.prefix_len},
+      "memory": memory,
+      "flops_per_chip": flops_per_chip,
+      "flops_per_step": flops_global,
+      "flops_source": "jaxpr matmul count (scans x length, remat recompute included) / data-parallel size",
+      "xla_flops_per_chip": xla_flops,
+      "xla_bytes_accessed_per_chip": float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
+      "optimal_seconds": optimal_seconds,
+      "optimal_seconds_raw": raw_optimal,
+      "peak_flops_per_chip": peak,
+      "seconds_at_peak": flops_per_chip / peak,
+      "mfu_estimate": mfu,
+      # The counted FLOPs at that efficiency.
+      "step_seconds_estimate": flops_per_chip / peak / mfu if mfu else None,
+      "samples_per_s_estimate": global_batch * peak * mfu / flops_per_chip if mfu and flops_per_chip else None,
+      "lower_s": t_lowered - t_start,
+      "compile_s": t_compiled - t_lowered,
+      "jax_version": jax.__version__,
+      "libtpu_version": _libtpu_version(),
+  }
+
+
+class _NoTx:
+  """Stands in for the optimizer while only the parameter shapes are wanted."""
+
+  def init(self, params):
+    del params
+    return ()
+
+
+def _libtpu_version() -> str | None:
+  try:
+    from importlib import metadata
+    return metadata.version("libtpu")
+  except Exception:  # Not installed under that name (e.g. libtpu-nightly).
+    return None
+
+
+def _si(x: float) -> str:
+  """1.23e12 -> '1.23 T'."""
+  for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(x) >= scale:
+      return f"{x / scale:.3g} {prefix}"
+  return f"{x:.3g} "
+
+
+def format_report(r: dict) -> str:
+  """The report as a few readable lines."""
+  m = r["memory"]
+  unit = GiB if m.get("total_bytes", GiB) >= GiB else 2**20  # One unit for the whole table, so columns compare.
+  unit_name = "GiB" if unit == GiB else "MiB"
+
+  def gib(b):
+    return f"{b / unit:8.2f} {unit_name}"
+
+  mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
+  lines = [
+      f"pi0 train step on {r['topology']}: {r['num_chips']} x {r['device_kind']}, mesh {mesh}",
+      f"  {_si(r['num_params'])} params; global batch {r['global_batch']} ({r['per_chip_batch']:g} per "
+      f"data-parallel shard, grad accum {r['grad_accum_steps']}), {r['model']['dtype']}, remat "
+      f"{r['model']['remat_policy']}, EMA {'on' if r['ema'] else 'off'}",
+      "per-chip memory:",
+  ]
+  if "compiler_error" in m:
+    lines += [f"  train state     {gib(m['state_bytes'])}",
+              f"  DOES NOT FIT: the compiler gave up: {m['compiler_error']}"]
+  else:
+    lines += [
+      f"  arguments       {gib(m['argument_bytes'])}  (train state {m['state_bytes'] / unit:.2f}, batch "
+      f"{m['batch_bytes'] / unit:.2f})",
+      f"  outputs         {gib(m['output_bytes'])}  ({m['alias_bytes'] / unit:.2f} aliased to donated arguments)",
+      f"  temporaries     {gib(m['temp_bytes'])}",
+      f"  generated code  {gib(m['generated_code_bytes'])}",
+      f"  total           {gib(m['total_bytes'])}  of {m['hbm_bytes'] / GiB:.0f} GiB HBM "
+      f"({100 * m['hbm_fraction']:.0f}%): {'fits' if m['fits'] else 'DOES NOT FIT'}",
+    ]
+  lines += [
+      f"FLOPs per step per chip: {_si(r['flops_per_chip'])}FLOP (matmuls, layer scans counted in full, "
+      f"remat included); XLA cost_analysis: "
+      + (f"{_si(r['xla_flops_per_chip'])}FLOP (scan bodies counted once)" if r["xla_flops_per_chip"]
+         else "n/a"),
+  ]
+  peak = f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s"
+  lines.append(f"step time at {peak} peak (100% MFU, a floor): {r['seconds_at_peak']:.4g} s")
+  if "compiler_error" in m:
+    pass  # No compiled program, no cost analysis.
+  elif r["mfu_estimate"]:
+    lines.append(f"compiler roofline: optimal_seconds {r['optimal_seconds']:.4g} s for {_si(r['xla_flops_per_chip'])}"
+                 f"FLOP -> projected MFU {100 * r['mfu_estimate']:.1f}% of {peak} (an estimate from XLA's cost "
+                 f"model); at that rate {r['step_seconds_estimate']:.3g} s/step, "
+                 f"{r['samples_per_s_estimate']:.4g} samples/s")
+  elif r["optimal_seconds_raw"] is not None:
+    lines.append(f"compiler roofline: optimal_seconds {r['optimal_seconds_raw']:.4g} s is unusable here (negative, or "
+                 "implying > 100% MFU); no MFU estimate")
+  else:
+    lines.append("compiler roofline: no optimal_seconds in the cost analysis; no MFU estimate")
+  lines.append(f"lowered in {r['lower_s']:.1f} s, compiler ran {r['compile_s']:.1f} s "
+               f"(jax {r['jax_version']}, libtpu {r['libtpu_version']})")
+  return "\n".join(lines)
+
+
+# --- Command line ---------------------------------------------------------------------------------------
+
+_STANDALONE = ("preset", "global_batch", "mesh", "data_axes", "fsdp_axes", "ema_decay", "grad_accum_steps",
+               "remat_policy")
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)), e.g. "
+                                  "configs/pi0_pretrain.py; override fields with --config.x=...", lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU topology: v5e:16x16, v5p:4x4x4, v6e:8x8, v4:4x4x4, ...")
+  flags.DEFINE_string("json", None, "Also write the report as JSON to this path ('-': stdout, instead of text).")
+  flags.DEFINE_float("peak_flops", None, "Per-chip peak FLOP/s for the MFU estimate (default: the chip table).")
+  # Without --config:
+  flags.DEFINE_string("preset", "pi0", "Pi0Config preset (pi0_jax.model.PRESETS).")
+  flags.DEFINE_integer("global_batch", 1024, "Global batch size.")
+  flags.DEFINE_string("mesh", "data:1,fsdp:-1", "Mesh axes NAME:SIZE,...; one size may be -1.")
+  flags.DEFINE_list("data_axes", None, "Axes the batch is split over (default: every mesh axis).")
+  flags.DEFINE_list("fsdp_axes", None, "Axes parameters are sharded over (default: the axes named fsdp*).")
+  flags.DEFINE_float("ema_decay", None, "EMA of the parameters (adds one parameter copy to the state).")
+  flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step.")
+  flags.DEFINE_string("remat_policy", None, "Override the preset's remat policy (a jax.checkpoint_policies name "
+                      "or 'none').")
+
+
+def main(argv) -> None:
+  from absl import app, flags
+
+  del argv
+  f = flags.FLAGS
+  if not f.topology:
+    raise app.UsageError("--topology is required, e.g. --topology=v5e:16x16.")
+  try:
+    report = _compile_from_flags(f)
+  except ValueError as e:  # A bad setting, found before compiling: the message is the whole story.
+    sys.exit(f"pi0_jax.aot: {e}")
+  if f.json == "-":
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return
+  print(format_report(report))
+  if f.json:
+    os.makedirs(os.path.dirname(os.path.abspath(f.json)), exist_ok=True)
+    with open(f.json, "w") as out:
+      json.dump(report, out, indent=2)
+    print(f"wrote {f.json}")
+
+
+def _compile_from_flags(f) -> dict:
+  from absl import app
+
+  config = f.config
+  if config is not None:
+    clashing = [name for name in _STANDALONE if f[name].present]
+    if clashing:
+      raise app.UsageError(f"--{', --'.join(clashing)} only apply without --config; with a config file, "
+                           "override its fields instead, e.g. --config.global_batch=512.")
+    return compile_train_step(
+        Pi0Config.from_dict(config.model.to_dict()), topology=f.topology, mesh_axes=[tuple(a) for a in config.mesh],
+        data_axes=tuple(config.data_axes), fsdp_axes=tuple(config.fsdp_axes), global_batch=int(config.global_batch),
+        optimizer_cfg=config.optimizer.to_dict(), ema_decay=config.get("ema_decay"),
+        grad_accum_steps=int(config.get("grad_accum_steps", 1)),
+        rules=[tuple(r) for r in config.get("sharding_rules", [(".*", "auto")])], peak_flops=f.peak_flops)
+  overrides = {"remat_policy": f.remat_policy} if f.remat_policy else {}
+  return compile_train_step(
+      get_preset(f.preset, **overrides), topology=f.topology, mesh_axes=f.mesh, data_axes=f.data_axes,
+      fsdp_axes=f.fsdp_axes, global_batch=f.global_batch, ema_decay=f.ema_decay,
+      grad_accum_steps=f.grad_accum_steps, peak_flops=f.peak_flops)
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(main)

@@ -104,6 +104,12 @@ class Pi0Config:
   def __post_init__(self):
     object.__setattr__(self, "image_keys", tuple(self.image_keys))
     object.__setattr__(self, "activation_batch_axes", tuple(self.activation_batch_axes))
+    # Explicit sizes given as mappings become frozen dataclasses, so the config stays hashable (jit static).
+    for name, variants, cls in (("paligemma_variant", GEMMA_VARIANTS, GemmaConfig),
+                                ("action_expert_variant", GEMMA_VARIANTS, GemmaConfig),
+                                ("siglip", SIGLIP_VARIANTS, SiglipConfig)):
+      if isinstance(getattr(self, name), Mapping):
+        object.__setattr__(self, name, _resolve(getattr(self, name), variants, cls, name))
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"Pi0Config.dtype must be 'bfloat16' or 'float32', got {self.dtype!r}.")
     llm, expert = self.gemma_configs

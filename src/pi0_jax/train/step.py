@@ -63,7 +63,10 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
     if grad_accum_steps == 1:
       total, grads = grad_fn(params, batch, step_rng)
     else:
-      micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+      # Micro-batch i takes rows i, i + k, i + 2k, ... (k = grad_accum_steps), so that every micro-batch
+      # stays spread over all data shards instead of living on 1/k of them.
+      micro = jax.tree.map(
+          lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
       def body(carry, xs):
         i, mb = xs
@@ -88,6 +91,9 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
         "update_norm": optax.tree.norm(updates),
         "learning_rate": schedule(state["step"]),
         "valid_action_steps": num_valid,
+        # A fingerprint of the batch's actions: equal streams give equal sequences (e.g. across a resume).
+        "batch_checksum": jnp.sum(batch["actions"].astype(jnp.float32)
+                                  * (1.0 + jnp.arange(batch["actions"].size).reshape(batch["actions"].shape) % 7)),
     }
     return new_state, metrics
 

@@ -21,7 +21,7 @@ case "$cmd" in
       --version="$RUNTIME" ${SPOT:+--spot} ;;
   install)
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    tar -C "$root" --exclude=.venv --exclude=.git --exclude=runs -czf /tmp/pi0_jax.tgz .
+    tar -C "$root" --exclude=.venv --exclude=.git --exclude=runs --exclude=data -czf /tmp/pi0_jax.tgz .
     gcloud compute tpus tpu-vm scp /tmp/pi0_jax.tgz "$TPU_NAME":~/ --zone="$ZONE" --worker=all
     ssh_all "mkdir -p ~/pi0_jax && tar -C ~/pi0_jax -xzf ~/pi0_jax.tgz && cd ~/pi0_jax && bash launch/setup_venv.sh data,tpu" ;;
   train)

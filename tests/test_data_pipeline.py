@@ -205,3 +205,28 @@ def test_config_tokenizer_gives_pi0_prompts(dataset, tmp_path):
   assert obs.tokenized_prompt[0, 0] == tokenizer.BOS_ID and 2 < want_mask.sum() < 12
   data.write_assets(str(tmp_path / "assets"))
   assert (tmp_path / "assets" / "tokenizer.model").read_bytes() == open(path, "rb").read()
+
+
+def test_loss_on_a_pipeline_batch(dataset):
+  """A global sharded batch from the pipeline goes straight into the model's loss (8 devices, data axis)."""
+  import jax
+  import jax.numpy as jnp
+  from pi0_jax.model import Pi0
+  from pi0_jax.train import sharding
+  import model_utils
+
+  d, _, root = dataset
+  config = helpers.tiny_config()
+  mesh = sharding.make_mesh([("data", -1)])
+  pipe = pipeline.make_train_data(helpers.data_config({"p": d}, root / "stats"), config, global_batch=8, mesh=mesh,
+                                  data_axes=("data",), seed=0, tokenize_fn=helpers.fake_tokenize(config.max_token_len))
+  batch = pipe.next_batch()
+  assert isinstance(batch["actions"], jax.Array) and len(batch["actions"].sharding.device_set) == 8
+  params = model_utils.init_params(config)
+  loss = jax.jit(lambda p, b: Pi0(config).apply(p, b["observation"], b["actions"], method="compute_loss",
+                                                rng=jax.random.key(0), action_pad_mask=b["action_pad_mask"],
+                                                action_dim_mask=b["action_dim_mask"]))(params, batch)
+  assert loss.shape == (8, config.action_horizon)
+  assert bool(jnp.all(jnp.isfinite(loss))) and float(jnp.sum(loss)) > 0
+  # Steps past an episode's end contribute nothing.
+  np.testing.assert_array_equal(np.asarray(loss)[~np.asarray(batch["action_pad_mask"])], 0)

@@ -18,7 +18,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(get_preset("demo").to_dict())
   c.global_batch = 32
   c.total_steps = int(args.get("steps", 1500))
-  c.optimizer.update(peak_lr=3e-4, warmup_steps=100, decay_steps=c.total_steps, end_lr=3e-5, weight_decay=1e-4)
+  c.optimizer.update(peak_lr=3e-4, warmup_steps=min(100, c.total_steps // 10), decay_steps=c.total_steps, end_lr=3e-5,
+                     weight_decay=1e-4)
   c.ema_decay = None
   c.log_every = 25
   c.checkpoint_every = 250

@@ -2,8 +2,9 @@
 
 Layout of a workdir:
   checkpoints/<step>/state     the train state (pi0_jax.train.step), sharded arrays
-  checkpoints/<step>/meta      JSON: step, config, norm stats, data-iterator state
-  assets/                      config.json, norm_stats.json, tokenizer (written once, by process 0)
+  checkpoints/<step>/meta      JSON: step, data-iterator state, time
+  config.json                  the resolved experiment config (written by process 0)
+  assets/                      norm_stats.json, tokenizer.model (written once, by process 0)
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so `latest_step()` only ever sees finished checkpoints: a run killed mid-save

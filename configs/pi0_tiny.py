@@ -23,7 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.mesh = [["data", -1], ["fsdp", 1]]
   c.global_batch = 8
   c.total_steps = int(args.get("steps", 20))
-  c.optimizer.update(peak_lr=1e-3, warmup_steps=2, decay_steps=c.total_steps, end_lr=1e-4)
+  c.optimizer.update(peak_lr=1e-3, warmup_steps=min(2, c.total_steps - 1), decay_steps=c.total_steps, end_lr=1e-4)
   c.log_every = 1
   c.checkpoint_every = 5
   dataset = args.get("dataset", "")

@@ -1,0 +1,460 @@
+"""Closed-loop evaluation in Meta-World: a policy from an export directory drives the simulated robot.
+
+For each task class (the 10 ML10 train classes and the 5 held-out test classes by default) N episodes run on
+task variants (object and goal positions) that the demonstrations never showed: they come from
+`build_metaworld._variants` under an evaluation seed that differs from the seed the demo datasets were built
+with (checked by the caller, see pi0_jax.evaluate). Episode i of a task always gets the same variant and the
+same sampling noise, whichever worker runs it, so the policy and the mean-action baseline face identical
+episodes and a rerun reproduces the numbers.
+
+One episode:
+  reset the env on its variant; at every step render the scene and wrist cameras exactly as the demo builder
+  did (same cameras, image size, shadows and reflections off, corner cameras turned right side up) and read
+  the state the builder stored (obs[:4]: hand xyz + gripper opening);
+  every `replan_every` steps ask the policy for a chunk (H actions) and execute its first `replan_every`
+  actions (clipped to [-1, 1]), one per step;
+  it succeeds when info["success"] is true at some step, and ends there; otherwise after `max_steps` steps.
+
+MuJoCo's EGL rendering segfaults in a process that has imported TensorFlow (which the offline evaluation and
+the trainer use), so episodes run in worker processes started with "spawn", each holding its own policy: no
+TensorFlow is imported on this path. Workers reuse their env, cameras and policy across episodes.
+
+Success rates get Wilson score 95% intervals (`wilson_interval`).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Read by mujoco when the first renderer is made: EGL needs no display. One llvmpipe thread per process is
+# the faster choice on few cores (see build_metaworld).
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("LP_NUM_THREADS", "1")
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import multiprocessing
+import multiprocessing.util
+import time
+import zlib
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pi0_jax.data import build_metaworld as bm
+
+POLICY, BASELINE = "policy", "baseline"
+KINDS = (POLICY, BASELINE)
+# Where the demo builder stores each camera's frames; the dataset spec maps these keys to the model's slots.
+SCENE_KEY, WRIST_KEY = "image", "wrist_image"
+Z95 = 1.959963984540054  # Two-sided 95% standard normal quantile.
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion (95% for the default z); (0, 1) without trials."""
+  if trials < 0 or not 0 <= successes <= trials:
+    raise ValueError(f"wilson_interval: expected 0 <= successes <= trials, got {successes} of {trials}")
+  if trials == 0:
+    return 0.0, 1.0
+  p = successes / trials
+  z2 = z * z
+  denominator = 1.0 + z2 / trials
+  centre = (p + z2 / (2 * trials)) / denominator
+  half = z / denominator * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+  # Clamped: at p = 0 or 1 the bound is exactly 0 or 1 up to rounding.
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderOptions:
+  """The camera settings the demo data was rendered with (build_metaworld.BuildOptions fields)."""
+
+  image_size: int = 64
+  scene_camera: str = "corner"
+  wrist_camera: str = "gripperPOV"
+  antialias_samples: int = 0
+
+  @classmethod
+  def from_build_options(cls, options: Mapping[str, Any]) -> "RenderOptions":
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in options]
+    if missing:
+      raise ValueError(f"build options {dict(options)}: missing {missing}; expected a build_report.json written "
+                       "by pi0_jax.data.build_metaworld.")
+    return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  """Everything that decides the closed-loop episodes (also recorded in the report)."""
+
+  export_dir: str
+  tasks: tuple[str, ...]
+  episodes_per_task: int = 10
+  replan_every: int = 5
+  max_steps: int = 500
+  num_steps: int = 10  # Euler steps of the flow sampler.
+  seed: int = 1000  # Seed of the task variants (must differ from the demo data's build seed).
+  noise_seed: int = 0  # Seed of the sampling noise.
+  render: RenderOptions = RenderOptions()
+  gifs: int = 0  # Episodes per task and policy saved as GIFs (the first ones).
+  gif_dir: str | None = None
+  dataset: str | None = None  # Which dataset's statistics the policy uses (export norm_stats.json).
+  platform: str | None = None  # JAX platform of the workers (e.g. "cpu"); None: JAX's default.
+
+  def __post_init__(self):
+    object.__setattr__(self, "tasks", tuple(self.tasks))
+    unknown = [t for t in self.tasks if t not in bm.TASK_INSTRUCTIONS]
+    if unknown:
+      raise ValueError(f"tasks {unknown}: not ML10 task classes; expected some of {sorted(bm.TASK_INSTRUCTIONS)}")
+    if not self.tasks:
+      raise ValueError("tasks: at least one task class is needed")
+    if self.episodes_per_task < 1:
+      raise ValueError(f"episodes_per_task: expected >= 1, got {self.episodes_per_task}")
+    if self.replan_every < 1:
+      raise ValueError(f"replan_every: expected >= 1, got {self.replan_every}")
+    if not 1 <= self.max_steps <= 500:
+      raise ValueError(f"max_steps: expected 1..500 (Meta-World's episode limit), got {self.max_steps}")
+    if self.num_steps < 1:
+      raise ValueError(f"num_steps: expected >= 1 Euler step, got {self.num_steps}")
+    if self.gifs < 0:
+      raise ValueError(f"gifs: expected >= 0, got {self.gifs}")
+    if self.gifs and not self.gif_dir:
+      raise ValueError("gifs > 0 needs gif_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeJob:
+  kind: str  # POLICY or BASELINE
+  task: str
+  episode: int  # Index among the task's evaluation episodes: picks the variant and the noise.
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export files read without JAX (the baseline needs no model).
+
+
+def read_json(path: str, what: str) -> Any:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what}: {path} does not exist (is the directory an export made by pi0_jax.export?)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def dataset_norm_entry(norm_stats: Mapping[str, Any], dataset: str | None) -> tuple[str | None, dict]:
+  """(name, entry) of one dataset in an export's norm_stats.json; entry holds norm_stats, norm_mode, dims.
+
+  `dataset` None picks the only dataset; with several, naming one is required.
+  """
+  per_dataset = dict(norm_stats.get("datasets") or {})
+  if dataset is not None:
+    if dataset not in per_dataset:
+      raise ValueError(f"dataset {dataset!r}: no statistics in the export's norm_stats.json; it has "
+                       f"{sorted(per_dataset)}")
+    return dataset, per_dataset[dataset]
+  if len(per_dataset) == 1:
+    return next(iter(per_dataset.items()))
+  if not per_dataset and "norm_stats" in norm_stats:
+    return None, dict(norm_stats)
+  raise ValueError(f"the export was trained on {len(per_dataset)} datasets {sorted(per_dataset)}: name the one "
+                   "whose statistics (and action space) the policy should use (--dataset)")
+
+
+class MeanActionPolicy:
+  """The mean-action baseline: every chunk repeats the training dataset's mean action.
+
+  That is all zeros in z-score space: what a policy that learned nothing but the action statistics outputs.
+  Same `infer` interface as pi0_jax.policy.Policy.
+  """
+
+  def __init__(self, export_dir: str, dataset: str | None = None):
+    norm_stats = read_json(os.path.join(export_dir, "norm_stats.json"), "norm statistics")
+    self.dataset, entry = dataset_norm_entry(norm_stats, dataset)
+    self.mean_action = np.asarray(entry["norm_stats"]["actions"]["mean"], np.float32)
+    model = read_json(os.path.join(export_dir, "model_config.json"), "model config")
+    self.horizon = int(model["action_horizon"])
+    self.action_dim = int(self.mean_action.shape[0])
+
+  def infer(self, observation: Mapping[str, Any], noise=None, num_steps=None) -> dict[str, Any]:
+    del noise, num_steps
+    batch = np.ndim(observation["state"]) == 2
+    chunk = np.tile(self.mean_action, (self.horizon, 1))
+    if batch:
+      chunk = np.tile(chunk[None], (len(observation["state"]), 1, 1))
+    return {"actions": chunk, "infer_ms": 0.0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker side: one episode.
+
+# Per worker process: the policies, the current task's env and cameras, and the variants made so far.
+_WORKER: dict[str, Any] = {}
+
+
+def _close_worker():
+  # Renderers are freed here, not at interpreter teardown, where EGL may already be gone.
+  env_state = _WORKER.pop("env", None)
+  if env_state is not None:
+    env_state["cameras"].close()
+    env_state["env"].close()
+
+
+multiprocessing.util.Finalize(None, _close_worker, exitpriority=10)
+
+
+def _init_worker(platform: str | None):
+  # Runs before anything in the worker imports JAX.
+  if platform:
+    os.environ["JAX_PLATFORMS"] = platform
+  # Several workers may share one accelerator: none may grab most of its memory up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def _policy(kind: str, settings: RolloutSettings):
+  key = (kind, settings.export_dir, settings.dataset, settings.num_steps)
+  policies = _WORKER.setdefault("policies", {})
+  if key not in policies:
+    if kind == BASELINE:
+      policies[key] = MeanActionPolicy(settings.export_dir, settings.dataset)
+    else:
+      from pi0_jax.policy import Policy  # pylint: disable=g-import-not-at-top
+      policies[key] = Policy.load(settings.export_dir, dataset=settings.dataset, num_steps=settings.num_steps,
+                                  seed=settings.noise_seed)
+  return policies[key]
+
+
+def _variant(task: str, seed: int, episode: int):
+  """(variant_seed, variant_index, metaworld Task) of evaluation episode `episode` of `task`."""
+  cache = _WORKER.setdefault("variants", {})
+  made = cache.setdefault((task, seed), [])
+  if len(made) <= episode:
+    generators = _WORKER.setdefault("variant_generators", {})
+    if (task, seed) not in generators:
+      generators[(task, seed)] = bm._variants(task, seed)  # pylint: disable=protected-access
+    generator = generators[(task, seed)]
+    while len(made) <= episode:
+      made.append(next(generator))
+  return made[episode]
+
+
+def _env(task: str, render: RenderOptions, variant):
+  state = _WORKER.get("env")
+  if state is None or state["key"] != (task, render):
+    _close_worker()
+    env, _ = bm._make_env_and_policy(task)  # pylint: disable=protected-access
+    # The cameras' orientation test runs a forward pass, which needs a reset env.
+    env.set_task(variant)
+    env.reset()
+    cameras = bm.Cameras(env.model, env.data, (render.scene_camera, render.wrist_camera), render.image_size,
+                         render.antialias_samples)
+    state = _WORKER["env"] = {"key": (task, render), "env": env, "cameras": cameras}
+  return state["env"], state["cameras"]
+
+
+def episode_noise_rng(noise_seed: int, task: str, episode: int) -> np.random.Generator:
+  # crc32, not hash(): Python's string hash changes per process.
+  return np.random.default_rng([noise_seed, zlib.crc32(task.encode()), episode])
+
+
+def _gif_frame(scene: np.ndarray, wrist: np.ndarray, success: bool) -> np.ndarray:
+  """Scene and wrist frames side by side over a bar that turns green once the task is solved."""
+  frame = np.concatenate([scene, wrist], axis=1)
+  bar = np.zeros((max(2, frame.shape[0] // 16), frame.shape[1], 3), np.uint8)
+  bar[...] = (40, 200, 60) if success else (90, 90, 90)
+  return np.concatenate([frame, bar], axis=0)
+
+
+def _observation(frames: Sequence[np.ndarray], obs: np.ndarray, camera_keys: Sequence[str], prompt: str) -> dict:
+  """The policy's input at one step, laid out as the demo builder stored the step (images, state, prompt)."""
+  images = dict(zip((SCENE_KEY, WRIST_KEY), frames))
+  return {"images": {k: images[k] for k in camera_keys}, "state": np.asarray(obs[:bm.STATE_DIM], np.float32),
+          "prompt": prompt}
+
+
+def first_observation(task: str, seed: int, episode: int, render: RenderOptions) -> dict[str, Any]:
+  """The first observation of evaluation episode `episode` of `task` under variant seed `seed`, with its variant.
+
+  For checks that rollouts see what the training data shows: under the demo data's build seed, episode i is
+  the builder's attempt i. Call it in a process without TensorFlow (e.g. a spawned worker).
+  """
+  variant_seed, variant_index, variant = _variant(task, seed, episode)
+  env, cameras = _env(task, render, variant)
+  env.set_task(variant)
+  obs, _ = env.reset()
+  out = _observation(cameras.render(env.data), obs, (SCENE_KEY, WRIST_KEY), bm.TASK_INSTRUCTIONS[task])
+  return {**out, "variant_seed": int(variant_seed), "variant_index": int(variant_index)}
+
+
+def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
+  """Runs one episode (see the module docstring); returns its record. Call in a process without TensorFlow."""
+  start = time.time()
+  policy = _policy(job.kind, settings)
+  variant_seed, variant_index, variant = _variant(job.task, settings.seed, job.episode)
+  env, cameras = _env(job.task, settings.render, variant)
+  noise_rng = episode_noise_rng(settings.noise_seed, job.task, job.episode)
+  if job.kind == POLICY:
+    noise_shape = (policy.config.action_horizon, policy.config.action_dim)
+    camera_keys = tuple(policy.camera_keys)
+    unknown = [k for k in camera_keys if k not in (SCENE_KEY, WRIST_KEY)]
+    if unknown:
+      raise ValueError(f"the policy reads cameras {list(camera_keys)}; a Meta-World rollout renders only "
+                       f"{[SCENE_KEY, WRIST_KEY]} (the keys build_metaworld stores)")
+  else:
+    noise_shape, camera_keys = None, (SCENE_KEY, WRIST_KEY)
+  record_gif = job.episode < settings.gifs
+  instruction = bm.TASK_INSTRUCTIONS[job.task]
+
+  env.set_task(variant)
+  obs, _ = env.reset()
+  chunk, position = None, 0
+  success, first_success, total_reward, infer_ms, gif = False, None, 0.0, [], []
+  steps = min(settings.max_steps, env.max_path_length)
+  for t in range(steps):
+    scene, wrist = cameras.render(env.data)
+    if chunk is None or position >= min(settings.replan_every, len(chunk)):
+      noise = None if noise_shape is None else noise_rng.standard_normal(noise_shape).astype(np.float32)
+      out = policy.infer(_observation((scene, wrist), obs, camera_keys, instruction), noise=noise,
+                         num_steps=settings.num_steps)
+      chunk, position = np.asarray(out["actions"], np.float32), 0
+      if chunk.ndim != 2 or chunk.shape[1] != bm.ACTION_DIM:
+        raise ValueError(f"{job.kind} returned actions of shape {chunk.shape}; expected [horizon, "
+                         f"{bm.ACTION_DIM}] (Meta-World's action space)")
+      infer_ms.append(float(out.get("infer_ms", 0.0)))
+    action = np.clip(chunk[position], -1.0, 1.0)
+    position += 1
+    obs, reward, _, _, info = env.step(action)
+    total_reward += float(reward)
+    if record_gif:
+      gif.append(_gif_frame(scene, wrist, bool(info["success"])))
+    if info["success"]:
+      success, first_success = True, t
+      break
+  num_steps = t + 1
+  gif_path = None
+  if record_gif:
+    scene, wrist = cameras.render(env.data)
+    gif.append(_gif_frame(scene, wrist, success))
+    gif_path = os.path.join(settings.gif_dir, f"{job.kind}_{job.task}_ep{job.episode:03d}.gif")
+    write_gif(gif_path, gif)
+  return {
+      "kind": job.kind, "task": job.task, "episode": job.episode, "variant_seed": int(variant_seed),
+      "variant_index": int(variant_index), "success": success, "first_success_step": first_success,
+      "steps": num_steps, "return": total_reward, "replans": len(infer_ms),
+      "infer_ms_mean": float(np.mean(infer_ms)) if infer_ms else 0.0,
+      # The first call compiles the sampler: the median is the steady-state cost.
+      "infer_ms_median": float(np.median(infer_ms)) if infer_ms else 0.0,
+      "seconds": time.time() - start, "gif": gif_path,
+  }
+
+
+def write_gif(path: str, frames: Sequence[np.ndarray], fps: int = 20):
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  # The pillow plugin takes the frame duration in milliseconds; loop=0 repeats forever.
+  iio.imwrite(path, np.stack(frames), extension=".gif", duration=int(1000 / fps), loop=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver side.
+
+
+def episode_jobs(settings: RolloutSettings, kinds: Sequence[str]) -> list[EpisodeJob]:
+  """Every episode to run, grouped by task so that a worker keeps its env across consecutive jobs."""
+  bad = [k for k in kinds if k not in KINDS]
+  if bad or not kinds:
+    raise ValueError(f"kinds {list(kinds)}: expected some of {KINDS}")
+  return [EpisodeJob(kind, task, i) for kind in kinds for task in settings.tasks
+          for i in range(settings.episodes_per_task)]
+
+
+def run_closed_loop(settings: RolloutSettings, kinds: Sequence[str] = (POLICY,), *, num_workers: int = 1,
+                    progress: bool = True) -> list[dict[str, Any]]:
+  """Runs every episode of `settings` for each kind (POLICY, BASELINE) in spawned workers; returns the records.
+
+  Records come back in job order (kind, task, episode). Workers are started with "spawn", so a script calling
+  this needs the usual `if __name__ == "__main__":` guard.
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  if num_workers < 1:
+    raise ValueError(f"num_workers: expected >= 1, got {num_workers}")
+  jobs = episode_jobs(settings, kinds)
+  if settings.gifs:
+    os.makedirs(settings.gif_dir, exist_ok=True)
+  results: list[dict[str, Any] | None] = [None] * len(jobs)
+  bar = tqdm(total=len(jobs), desc="closed loop", unit="ep", disable=not progress, dynamic_ncols=True)
+  successes = {k: [0, 0] for k in kinds}
+  try:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)),
+                                                mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(settings.platform,)) as pool:
+      futures = {pool.submit(run_episode, job, settings): i for i, job in enumerate(jobs)}
+      for future in concurrent.futures.as_completed(futures):
+        i = futures[future]
+        try:
+          record = future.result()
+        except concurrent.futures.process.BrokenProcessPool:
+          raise
+        except Exception as e:
+          for other in futures:
+            other.cancel()
+          job = jobs[i]
+          raise RuntimeError(f"closed loop: {job.kind} episode {job.episode} of {job.task} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        results[i] = record
+        successes[record["kind"]][0] += record["success"]
+        successes[record["kind"]][1] += 1
+        bar.set_postfix({k: f"{s}/{n}" for k, (s, n) in successes.items()}, refresh=False)
+        bar.update(1)
+  except concurrent.futures.process.BrokenProcessPool as e:
+    raise RuntimeError(
+        f"closed loop: a simulation worker died (MUJOCO_GL={os.environ.get('MUJOCO_GL')}). Headless rendering "
+        "needs EGL and Mesa (launch/system_deps.sh), or MUJOCO_GL=osmesa with libosmesa6; a worker that ran out "
+        "of memory dies the same way (use fewer --num_workers).") from e
+  finally:
+    bar.close()
+  return results  # type: ignore[return-value]
+
+
+def summarize(records: Iterable[Mapping[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+  """Per kind: per-task success (rate, Wilson 95% CI, steps) and train-class vs held-out-class averages.
+
+  A group's `mean_success` is the mean of its tasks' rates (each task weighs the same); its `ci95` is the Wilson
+  interval of all its episodes pooled.
+  """
+  by_kind: dict[str, dict[str, list]] = {}
+  for r in records:
+    by_kind.setdefault(r["kind"], {}).setdefault(r["task"], []).append(r)
+  out = {}
+  for kind, per_task in by_kind.items():
+    task_rows = {}
+    for task in tasks:
+      episodes = per_task.get(task, [])
+      if not episodes:
+        continue
+      n, k = len(episodes), sum(bool(e["success"]) for e in episodes)
+      first = [e["first_success_step"] for e in episodes if e["success"]]
+      task_rows[task] = {
+          "split": "train" if task in bm.ML10_TRAIN_TASKS else "heldout",
+          "episodes": n, "successes": k, "success_rate": k / n, "ci95": list(wilson_interval(k, n)),
+          "mean_steps": float(np.mean([e["steps"] for e in episodes])),
+          "mean_first_success_step": float(np.mean(first)) if first else None,
+          "mean_return": float(np.mean([e["return"] for e in episodes])),
+          "infer_ms_median": float(np.median([e["infer_ms_median"] for e in episodes])),
+      }
+    groups = {}
+    for group in ("train", "heldout", "all"):
+      rows = [row for row in task_rows.values() if group in ("all", row["split"])]
+      if not rows:
+        continue
+      n, k = sum(r["episodes"] for r in rows), sum(r["successes"] for r in rows)
+      groups[group] = {"tasks": len(rows), "episodes": n, "successes": k,
+                       "mean_success": float(np.mean([r["success_rate"] for r in rows])),
+                       "pooled_success": k / n, "ci95": list(wilson_interval(k, n))}
+    out[kind] = {"tasks": task_rows, "groups": groups}
+  return out
+
+
+__all__ = ["BASELINE", "KINDS", "MeanActionPolicy", "POLICY", "RenderOptions", "RolloutSettings", "EpisodeJob",
+           "dataset_norm_entry", "episode_jobs", "first_observation", "run_closed_loop", "run_episode", "summarize",
+           "wilson_interval", "write_gif"]

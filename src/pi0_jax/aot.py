@@ -502,6 +502,17 @@ def _compile_from_flags(f) -> dict:
       grad_accum_steps=f.grad_accum_steps, peak_flops=f.peak_flops)
 
 
+def cli():
+  """Console script entry point (see setup.cfg)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
+  from absl import app  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Compile only (see the top of this module).
+  jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
   from absl import app
 

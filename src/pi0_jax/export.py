@@ -325,6 +325,9 @@ def _main(argv):
 def main():
   """Console entry point: `python -m pi0_jax.export --help`."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if __name__ != "__main__":
+    sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
   _define_flags()
   app.run(_main)
 

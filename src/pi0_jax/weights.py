@@ -506,6 +506,15 @@ def _main(argv):
     sys.exit(1)
 
 
+def cli():
+  """Console script entry point (see setup.cfg)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
+  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  _app.run(_main)
+
+
 if __name__ == "__main__":
   from absl import app as _app  # pylint: disable=g-import-not-at-top
   _define_flags()

@@ -625,6 +625,15 @@ def _define_flags():
   flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that exists with other options.")
 
 
+def cli():
+  """Console script entry point (see setup.cfg)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()

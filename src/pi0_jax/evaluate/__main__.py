@@ -97,5 +97,12 @@ def main(argv):
   print(f"Report: {path}")
 
 
+def cli():
+  """Console script entry point (see setup.cfg)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
+  app.run(main)
+
+
 if __name__ == "__main__":
   app.run(main)

@@ -212,6 +212,13 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   return last_metrics
 
 
+def cli():
+  """Console script entry point (see setup.cfg)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
+  app.run(main)
+
+
 def initialize_distributed() -> None:
   """jax.distributed.initialize(): automatic on TPU pods and SLURM; explicit via environment elsewhere.
 

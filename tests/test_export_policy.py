@@ -156,7 +156,8 @@ def _reference_sample(run, obs: Observation, noise: np.ndarray) -> np.ndarray:
 
 def _unnormalize(run, normalized: np.ndarray) -> np.ndarray:
   a = run["norm"]["actions"]
-  return normalized[..., :4] * (np.asarray(a["std"], np.float32) + 1e-6) + np.asarray(a["mean"], np.float32)
+  raw = normalized[..., :4] * (np.asarray(a["std"], np.float32) + 1e-6) + np.asarray(a["mean"], np.float32)
+  return np.clip(raw, np.float32(a["min"]), np.float32(a["max"]))  # The policy keeps actions in the data's range.
 
 
 def _pipeline_image(raw: np.ndarray, resolution: int) -> np.ndarray:
@@ -198,6 +199,7 @@ def test_fresh_process_policy_equals_training_params(run, child):
   a = run["norm"]["actions"]
   z = (actions - np.float32(a["mean"])) / (np.float32(a["std"]) + 1e-6)
   assert np.abs(z).max() < 10, z
+  assert (actions >= np.float32(a["min"])).all() and (actions <= np.float32(a["max"])).all()
   assert all(0 < ms < 60_000 for ms in report["infer_ms"])
 
   batch = arrays["batch"]

@@ -204,7 +204,7 @@ class Policy:
                norm_mode: str = "zscore", unnormalized_state_dims: Sequence[int] = (),
                unnormalized_action_dims: Sequence[int] = (), default_prompt: str | None = None,
                dataset: str | None = None, num_steps: int = 10, seed: int = 0, device=None,
-               metadata: Mapping[str, Any] | None = None):
+               metadata: Mapping[str, Any] | None = None, clip_actions: bool = True):
     if norm_mode not in normalize_lib.MODES:
       raise ValueError(f"norm_mode {norm_mode!r}: expected one of {normalize_lib.MODES}.")
     if int(num_steps) < 1:
@@ -228,6 +228,10 @@ class Policy:
                          f"{self._config.action_dim}.")
     self._state_skip = normalize_lib.skip_mask(self.state_dim, unnormalized_state_dims)
     self._action_skip = normalize_lib.skip_mask(self._action_dim, unnormalized_action_dims)
+    # Actions are clipped to the range the robot produced in the training data (the statistics' min/max),
+    # when those are known: a flow sample can overshoot it slightly, a robot must not.
+    self.action_range = ((self._action_norm["min"], self._action_norm["max"])
+                         if clip_actions and "min" in self._action_norm and "max" in self._action_norm else None)
     # Slots the model lacks are dropped, as the training pipeline drops them (it fills config.image_keys only).
     self._camera_map = {slot: camera_map.get(slot) for slot in self._config.image_keys}
     if not any(self._camera_map.values()):
@@ -240,7 +244,7 @@ class Policy:
 
   @classmethod
   def load(cls, export_dir: str, *, dataset: str | None = None, num_steps: int = 10, seed: int = 0,
-           device=None) -> "Policy":
+           device=None, clip_actions: bool = True) -> "Policy":
     """Loads what `pi0_jax.export` wrote. `dataset` picks whose statistics and cameras to use (default: the
     only one; an error lists the choices otherwise). The params go to `device` (default: the first device)."""
     from pi0_jax.data.tokenizer import PromptTokenizer  # pylint: disable=g-import-not-at-top
@@ -269,7 +273,8 @@ class Policy:
                norm_mode=entry.get("norm_mode", "zscore"),
                unnormalized_state_dims=entry.get("unnormalized_state_dims", ()),
                unnormalized_action_dims=entry.get("unnormalized_action_dims", ()), default_prompt=layout["prompt"],
-               dataset=name, num_steps=num_steps, seed=seed, device=device, metadata=metadata)
+               dataset=name, num_steps=num_steps, seed=seed, device=device, metadata=metadata,
+               clip_actions=clip_actions)
 
   # Properties.
 
@@ -397,7 +402,10 @@ class Policy:
   def unnormalize_actions(self, normalized) -> np.ndarray:
     """Model actions [..., action_dim] (normalised, padded) -> robot actions [..., A], unnormalised."""
     actions = np.asarray(normalized, np.float32)[..., :self._action_dim]
-    return normalize_lib.unnormalize_np(actions, self._action_norm, self.norm_mode, self._action_skip)
+    actions = normalize_lib.unnormalize_np(actions, self._action_norm, self.norm_mode, self._action_skip)
+    if self.action_range is not None:
+      actions = np.clip(actions, *self.action_range)
+    return actions
 
   # Sampling.
 

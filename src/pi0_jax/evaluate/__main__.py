@@ -81,6 +81,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required.")
+  from pi0_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
   try:
     path = evaluate_lib.evaluate(
         _CHECKPOINT.value, _OUT.value, offline_batches=_OFFLINE_BATCHES.value,

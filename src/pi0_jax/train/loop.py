@@ -33,15 +33,6 @@ class Preempted(Exception):
   pass
 
 
-class _QuietLibraries:
-  """Drops INFO records of chatty libraries (Orbax logs every save phase) from absl's handler; WARNING+ stays."""
-
-  PATHS = ("/orbax/", "/tensorflow/")
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or not any(p in record.pathname for p in self.PATHS)
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -53,8 +44,8 @@ def main(argv):
 def run(config, workdir: str, *, distributed: bool | None = None, stop_after: int | None = None) -> dict:
   """Trains per `config` in `workdir`; returns the last logged metrics."""
   # --- Setup -------------------------------------------------------------------------------------
-  if not any(isinstance(f, _QuietLibraries) for f in logging.get_absl_handler().filters):
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+  from pi0_jax import logs
+  logs.quiet_libraries()
   if distributed is None:
     distributed = bool(config.get("distributed")) or os.environ.get("PI0_DISTRIBUTED", "0") == "1"
   import jax

@@ -503,18 +503,12 @@ def _compile_from_flags(f) -> dict:
 
 
 def cli():
-  """Console script entry point (see setup.cfg)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  from absl import app  # pylint: disable=g-import-not-at-top
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.aot`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Compile only (see the top of this module).
   jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
-  _define_flags()
-  app.run(main)
+  cli_lib.run(main, _define_flags, __name__)
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  _define_flags()
-  app.run(main)
+  cli()

@@ -507,15 +507,10 @@ def _main(argv):
 
 
 def cli():
-  """Console script entry point (see setup.cfg)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  _app.run(_main)
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.weights`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(_main, _define_flags, __name__)
 
 
 if __name__ == "__main__":
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  _app.run(_main)
+  cli()

@@ -185,15 +185,10 @@ def _define_flags():
 
 
 def cli():
-  """Console script entry point (see setup.cfg)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.data.stats`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(main, _define_flags, __name__)
 
 
 if __name__ == "__main__":
-  from absl import app
-  _define_flags()
-  app.run(main)
+  cli()

@@ -194,3 +194,29 @@ def test_two_processes_give_the_same_loss_curve_as_one(data, tmp_path):
     np.testing.assert_allclose(m2[s]["batch_checksum"], m1[s]["batch_checksum"], rtol=1e-6, err_msg=f"step {s}")
     np.testing.assert_allclose(m2[s]["loss"], m1[s]["loss"], rtol=1e-5, err_msg=f"step {s}")
     np.testing.assert_allclose(m2[s]["grad_norm"], m1[s]["grad_norm"], rtol=1e-4, err_msg=f"step {s}")
+
+
+def test_start_from_a_paligemma_npz(data, tmp_path):
+  """config.init.paligemma_npz: SigLIP + expert 0 come from the file, the rest is initialised (lr 0 keeps them)."""
+  import jax
+  import model_utils
+  from pi0_jax import weights
+  from pi0_jax.train import loop
+  source = jax.device_get(model_utils.init_params(model_utils.tiny_config(), seed=7)["params"])
+  npz = str(tmp_path / "paligemma.npz")
+  weights.save_paligemma_npz(source, npz, dtype=None)
+  config = _in_process_config(data, **{"total_steps": 1, "checkpoint_every": 1, "optimizer.peak_lr": 0.0,
+                                       "optimizer.end_lr": 0.0, "optimizer.warmup_steps": 0,
+                                       "init.paligemma_npz": npz})
+  workdir = str(tmp_path / "run")
+  loop.run(config, workdir)
+  state = _restore_params(workdir, 1)
+  got, want = _flat(state["params"]), _flat(source)
+  assert got.keys() == want.keys()
+  from_file = [k for k in got if weights.is_paligemma_path(k.replace("']['", "/").strip("[]'"))]
+  assert from_file and len(from_file) < len(got)
+  for k in got:
+    if k in from_file:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    elif got[k].size > 1 and np.any(want[k] != 0):
+      assert not np.array_equal(got[k], want[k]), f"{k} should be freshly initialised, not taken from the file"

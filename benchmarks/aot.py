@@ -39,6 +39,8 @@ CASES = {
     "v5e_256_b4096": ("v5e:16x16", "data:1,fsdp:16,fsdp2:16", 4096, 1, {}),
     # v5e-256 with 4 micro-batches of 256 (1 sample per chip each).
     "v5e_256_accum4": ("v5e:16x16", "data:1,fsdp:16,fsdp2:16", 1024, 4, {}),
+    # A small slice: v5e-16 (4x4), 4 samples per chip; the whole state over 16 chips.
+    "v5e_16": ("v5e:4x4", "data:1,fsdp:16", 64, 1, {}),
     # v5e-256 without rematerialisation: every activation kept.
     "v5e_256_noremat": ("v5e:16x16", "data:1,fsdp:16,fsdp2:16", 1024, 1, {"remat_policy": "none"}),
     # v5e-256 keeping the matmul outputs (less recomputation than nothing_saveable).

@@ -29,7 +29,7 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, keep_every: int = 0, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(resolve_workdir(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None, create=True, enable_async_checkpointing=async_save,
         async_options=ocp.AsyncOptions(timeout_secs=3600))
@@ -65,6 +65,11 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def resolve_workdir(workdir: str) -> str:
+  """An absolute local path, or a URL (gs://bucket/run: Orbax, TensorBoard and tf.data read and write those)."""
+  return workdir if "://" in workdir else os.path.abspath(workdir)
 
 
 def abstract_with_shardings(tree, shardings):

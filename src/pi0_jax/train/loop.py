@@ -51,19 +51,17 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   import jax
   if distributed:
     initialize_distributed()
-  import jax.numpy as jnp
-  import numpy as np
+  from etils import epath
 
   from pi0_jax.model import Pi0, Pi0Config
   from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, sharding, step as step_lib
   from pi0_jax.data import pipeline
 
   is_main = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
+  workdir = checkpoint.resolve_workdir(workdir)  # A local path, or a bucket URL such as gs://b/run.
   if is_main:
-    os.makedirs(os.path.join(workdir, "assets"), exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    epath.Path(workdir, "assets").mkdir(parents=True, exist_ok=True)
+    epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
 
@@ -197,9 +195,8 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
     ckpts.close()  # Waits for the last async save.
     writer.close()
   if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump({**last_metrics, "peak_flops_source": peak_source, "peak_flops": peak, "step_flops": flops}, f,
-                indent=2)
+    epath.Path(workdir, "summary.json").write_text(json.dumps(
+        {**last_metrics, "peak_flops_source": peak_source, "peak_flops": peak, "step_flops": flops}, indent=2))
   return last_metrics
 
 

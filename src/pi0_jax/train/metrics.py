@@ -26,8 +26,13 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    jsonl_dir = workdir
+    if "://" in workdir:  # Object stores do not append: the JSON lines go to a local mirror, TensorBoard remote.
+      jsonl_dir = os.path.join(os.path.abspath("pi0_metrics"), workdir.replace("://", "/").strip("/"))
+      logging.warning("Workdir %s is remote: metrics.jsonl is written to %s (TensorBoard events go to the "
+                      "workdir).", workdir, jsonl_dir)
+    os.makedirs(jsonl_dir, exist_ok=True)
+    self._jsonl = open(os.path.join(jsonl_dir, "metrics.jsonl"), "a")
     if tensorboard:
       try:
         import tensorboard  # noqa: F401  (tf.summary needs it)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The end-to-end demo, from a fresh clone: venv -> Meta-World ML10 demo datasets -> tokenizer -> norm statistics
 # -> pre-train configs/pi0_demo.py -> export -> evaluate on held-out data and tasks (plus a mean-action baseline)
-# -> report. About 30 minutes on 2 CPU cores with the defaults; every stage is skipped when its output exists,
-# so a rerun resumes where it stopped (training resumes from its last checkpoint).
+# -> report. About 25 minutes on 2 CPU cores with the defaults. A rerun reuses what exists: datasets built with the
+# same options, cached statistics, and training resumes from its last checkpoint (or does nothing when done);
+# export and evaluation run again on the latest checkpoint.
 #
 # Usage: bash launch/demo.sh
 # Scale it with environment variables:
@@ -54,7 +55,7 @@ stage tokenizer "$py" -m pi0_jax.data.tokenizer --out="$data/tokenizer.model" --
 stage stats bash -c "'$py' -m pi0_jax.data.stats --dataset_dir='$train_ds' --out='$demo/norm_stats_train.json' > '$demo/stats.log' && tail -n 12 '$demo/stats.log'"
 stage train "$py" -m pi0_jax.train --config="configs/pi0_demo.py:data_dir=$data,steps=$steps" \
   --config.global_batch="$batch" --workdir="$demo/train"
-stage export "$py" -m pi0_jax.export --workdir="$demo/train" --out="$demo/export"
+stage export "$py" -m pi0_jax.export --workdir="$demo/train" --out="$demo/export" --force
 stage evaluate "$py" -m pi0_jax.evaluate --checkpoint="$demo/export" --out="$demo/report" --data_dir="$data" \
   --episodes_per_task="$eval_episodes" --max_steps="$max_steps" --baseline --gifs=2
 

@@ -32,6 +32,7 @@ def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float)
 
   import jax
   import jax.numpy as jnp
+  from pi0_jax import weights
   from pi0_jax.model import Observation, Pi0, get_preset
   from pi0_jax.train import metrics, optimizer, sharding, step
 
@@ -44,7 +45,7 @@ def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float)
              weight_decay=1e-10, clip_grad_norm=1.0)
   rng = jax.random.key(0)
   with jax.set_mesh(mesh):
-    abstract_params = jax.eval_shape(lambda r: step.init_state(model, _NoTx(), r, ema=False)["params"], rng)
+    abstract_params = weights.abstract_params(cfg.replace(activation_batch_axes=()))
     tx, schedule = optimizer.make_optimizer(opt, abstract_params)
     init = functools.partial(step.init_state, model, tx, ema=False)
     state_sh = sharding.state_shardings(jax.eval_shape(init, rng), mesh, [(".*", "auto")], ("fsdp",), tx)
@@ -81,11 +82,6 @@ def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float)
           "steps_per_s": 1 / dt, "samples_per_s": batch / dt, "step_gflops": flops / 1e9,
           "achieved_gflops_per_s": flops / dt / 1e9, "peak_gflops_per_s": peak / 1e9, "mfu": flops / dt / peak,
           "loss": float(m["loss"])}
-
-
-class _NoTx:
-  def init(self, params):
-    return ()
 
 
 def main(argv):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest

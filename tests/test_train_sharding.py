@@ -1,6 +1,5 @@
 """Mesh, sharding rules, and the sharded train step against a single-device run."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

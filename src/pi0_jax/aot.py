@@ -57,6 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from pi0_jax import weights  # noqa: E402
 from pi0_jax.model import Observation, Pi0, Pi0Config, get_preset  # noqa: E402
 from pi0_jax.train import optimizer as optimizer_lib, sharding, step as step_lib  # noqa: E402
 from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
@@ -246,7 +247,7 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
   init_model = Pi0(model_config.replace(activation_batch_axes=()))
   rng = jax.random.key(0)
   ema = ema_decay is not None
-  abstract_params = jax.eval_shape(lambda r: step_lib.init_state(init_model, _NoTx(), r, ema=False)["params"], rng)
+  abstract_params = weights.abstract_params(init_model.config)
   tx, schedule = optimizer_lib.make_optimizer(optimizer_cfg, abstract_params)
   abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, init_model, tx, ema=ema), rng)
   state_sh = sharding.state_shardings(abstract_state, mesh, rules, fsdp_axes, tx)
@@ -349,14 +350,6 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
       "jax_version": jax.__version__,
       "libtpu_version": _libtpu_version(),
   }
-
-
-class _NoTx:
-  """Stands in for the optimizer while only the parameter shapes are wanted."""
-
-  def init(self, params):
-    del params
-    return ()
 
 
 def _libtpu_version() -> str | None:

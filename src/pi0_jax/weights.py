@@ -115,11 +115,7 @@ def _abstract_params_cached(config) -> dict:
 
 def abstract_params(config) -> dict:
   """The pi0 parameter tree of `config` as jax.ShapeDtypeStructs (eval_shape: no memory, no compute)."""
-  try:
-    tree = _abstract_params_cached(config)
-  except TypeError:  # An unhashable config (explicit sizes given as dicts): skip the cache.
-    tree = _abstract_params_cached.__wrapped__(config)
-  return jax.tree.map(lambda x: x, tree)  # A fresh container, so callers may edit it.
+  return jax.tree.map(lambda x: x, _abstract_params_cached(config))  # A fresh container, so callers may edit it.
 
 
 def is_paligemma_path(path: str) -> bool:

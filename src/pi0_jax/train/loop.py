@@ -53,6 +53,7 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
     initialize_distributed()
   from etils import epath
 
+  from pi0_jax import weights
   from pi0_jax.model import Pi0, Pi0Config
   from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, sharding, step as step_lib
   from pi0_jax.data import pipeline
@@ -90,7 +91,7 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   ema = config.get("ema_decay") is not None
   init_fn = functools.partial(step_lib.init_state, model, ema=ema)
   with jax.set_mesh(mesh):  # The model constrains activations to the mesh's batch axes, even when tracing.
-    abstract_params = jax.eval_shape(lambda r: init_fn(_NoTx(), r)["params"], rng)
+    abstract_params = weights.abstract_params(model_config.replace(activation_batch_axes=()))
     tx, schedule = optimizer.make_optimizer(config.optimizer.to_dict(), abstract_params)
     abstract_state = jax.eval_shape(functools.partial(init_fn, tx), rng)
   state_sh = sharding.state_shardings(abstract_state, mesh, [tuple(r) for r in config.sharding_rules], fsdp_axes, tx)
@@ -111,7 +112,6 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   else:
     with jax.set_mesh(mesh):
       if config.init.get("paligemma_npz"):
-        from pi0_jax import weights
         # Array by array, straight into the sharded layout; the rest of the tree is initialised there too.
         params = weights.load_paligemma_npz(config.init.paligemma_npz, model_config, rng=rng,
                                             shardings=state_sh["params"])
@@ -221,13 +221,6 @@ def initialize_distributed() -> None:
   if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
-
-
-class _NoTx:
-  """Stands in for the optimizer when only the parameter shapes are wanted."""
-
-  def init(self, params):
-    return ()
 
 
 def _progress(start, total, enabled):

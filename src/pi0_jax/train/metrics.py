@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 class MetricWriter:
@@ -148,7 +147,3 @@ def device_peak_flops(configured: float | None) -> tuple[float, str]:
     if key in kind:
       return peak, f"table ({kind})"
   return measured_matmul_peak(), "measured matmul"
-
-
-def tree_all_finite(tree) -> bool:
-  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))

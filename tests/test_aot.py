@@ -13,6 +13,7 @@ import pytest
 
 from pi0_jax import aot
 from pi0_jax.model import get_preset
+from pi0_jax.train import sharding
 
 TOPOLOGY = "v5e:2x2"  # 4 chips, one host: compiles the tiny model in ~10 s.
 MESH = "data:2,fsdp:2"
@@ -56,6 +57,7 @@ def test_flops_scale_with_batch_via_the_command_line(tiny_report, tmp_path):
   config.write_text(textwrap.dedent("""
       import ml_collections
       from pi0_jax.model import get_preset
+from pi0_jax.train import sharding
 
       def get_config(arg=""):
         c = ml_collections.ConfigDict()
@@ -88,10 +90,11 @@ def test_flops_scale_with_batch_via_the_command_line(tiny_report, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(global_batch=6), "global batch 6 is not divisible by the data-parallel size 4"),
+    (dict(global_batch=6), "global_batch=6 is not divisible by the data-parallel size 4"),
     (dict(global_batch=8, grad_accum_steps=4), "grad_accum_steps=4 micro-batches"),
-    (dict(mesh_axes="data:2,fsdp:4"), "has 8 devices, but the topology has 4"),
-    (dict(mesh_axes="data:3,fsdp:-1"), "does not divide the chip count"),
+    (dict(mesh_axes="data:2,fsdp:4"), "need 8 devices, but only 4 are available on v5e:2x2"),
+    (dict(mesh_axes="data:3,fsdp:-1"), "4 devices are not a multiple of 3 on v5e:2x2"),
+    (dict(fsdp_axes=("fsdp", "fsdp2")), "fsdp_axes names 'fsdp2'"),
     (dict(data_axes=("data", "model")), "data_axes names 'model'"),
     (dict(topology="v9x:2x2"), "unknown TPU generation 'v9x'"),
     (dict(topology="v5e:2x2x2"), "v5e topologies have 2 positive dimensions"),
@@ -146,8 +149,8 @@ def test_jaxpr_flops_count_scans_and_remat():
 
 
 def test_mesh_parsing():
-  assert aot.resolve_mesh_axes("data:1,fsdp:16,fsdp2:-1", 256) == [("data", 1), ("fsdp", 16), ("fsdp2", 16)]
-  assert aot.resolve_mesh_axes([["data", -1]], 64) == [("data", 64)]
+  assert sharding.resolve_mesh_axes("data:1,fsdp:16,fsdp2:-1", 256) == [("data", 1), ("fsdp", 16), ("fsdp2", 16)]
+  assert sharding.resolve_mesh_axes([["data", -1]], 64) == [("data", 64)]
   with pytest.raises(ValueError, match="NAME:SIZE"):
-    aot.parse_mesh("data=4")
+    sharding.parse_mesh("data=4")
   assert aot.num_chips("v5p:4x4x4") == 64 and aot.num_chips("v6e:16x16") == 256

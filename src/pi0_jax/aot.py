@@ -11,8 +11,9 @@ full 3.3B-parameter pi0.
   python -m pi0_jax.aot --topology=v5p:4x4x4 --preset=pi0 --global_batch=256
       --mesh=data:1,fsdp:8,fsdp2:8 --ema_decay=0.99 --json=/tmp/aot.json  (one line)
 
-From Python: `compile_train_step(model_config, topology=..., mesh_axes=..., ...)`
-returns the report dict that the command prints.
+From Python: `compile_train_step(model_config, topology=..., mesh_axes=..., ...)`, or
+`compile_config(config, topology=...)` for a trainer config, returns the report dict that the command
+prints. Mesh, state, shardings and the jitted step come from pi0_jax.train.setup, as in the trainer.
 
 FLOPs. XLA's `cost_analysis()` counts the body of a while loop once, whatever
 its trip count, and pi0 scans over its layers (18 Gemma, 27 SigLIP), so the raw
@@ -44,7 +45,6 @@ if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
@@ -53,13 +53,11 @@ import time  # noqa: E402
 from typing import Any, Mapping, Sequence  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from pi0_jax import weights  # noqa: E402
-from pi0_jax.model import Observation, Pi0, Pi0Config, get_preset  # noqa: E402
-from pi0_jax.train import optimizer as optimizer_lib, sharding, step as step_lib  # noqa: E402
+from pi0_jax.model import Pi0Config, get_preset  # noqa: E402
+from pi0_jax.train import defaults, setup, sharding  # noqa: E402
 from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
 
 GiB = 2**30
@@ -84,11 +82,6 @@ CHIPS: dict[str, ChipSpec] = {
     "v5p": ChipSpec("v5p", 459e12, 95 * GiB, 3, "default"),
     "v6e": ChipSpec("v6e", 918e12, 32 * GiB, 2, "default"),
 }
-
-# pi0's published recipe (see pi0_jax.train.optimizer); only the optimizer's state shapes matter here.
-DEFAULT_OPTIMIZER = dict(peak_lr=2.5e-5, warmup_steps=1000, decay_steps=30_000, end_lr=2.5e-6, b1=0.9, b2=0.95,
-                         eps=1e-8, weight_decay=1e-10, clip_grad_norm=1.0, freeze=None, weight_decay_exclude=None)
-
 
 def parse_topology(topology: str) -> tuple[ChipSpec, tuple[int, ...]]:
   """'v5e:16x16' -> (the v5e ChipSpec, (16, 16)); ValueError naming the known forms otherwise."""
@@ -134,53 +127,6 @@ def topology_devices(topology: str) -> list:
   return devices
 
 
-def parse_mesh(spec: str | Sequence) -> list[tuple[str, int]]:
-  """'data:1,fsdp:-1' (or [[name, size], ...]) -> [('data', 1), ('fsdp', -1)]."""
-  if isinstance(spec, str):
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    out = []
-    for item in items:
-      name, sep, size = item.partition(":")
-      if not sep or not name or not re.fullmatch(r"-?\d+", size.strip()):
-        raise ValueError(f"mesh {spec!r}: expected NAME:SIZE pairs separated by commas, e.g. data:1,fsdp:-1.")
-      out.append((name.strip(), int(size)))
-    return out
-  return [(str(name), int(size)) for name, size in spec]
-
-
-def resolve_mesh_axes(mesh_axes, chips: int, topology: str = "") -> list[tuple[str, int]]:
-  """Fills in a -1 size; ValueError unless the sizes multiply to exactly `chips`."""
-  axes = parse_mesh(mesh_axes)
-  sizes = dict(axes)
-  where = f" ({topology}: {chips} chips)" if topology else f" ({chips} chips)"
-  if not axes or len(sizes) != len(axes):
-    raise ValueError(f"mesh {axes}: need at least one axis and distinct names.")
-  unknown = [n for n, s in axes if s == -1]
-  if len(unknown) > 1 or any(s == 0 or s < -1 for _, s in axes):
-    raise ValueError(f"mesh {sizes}: sizes must be positive, with at most one -1.")
-  known = math.prod(s for _, s in axes if s != -1)
-  if unknown:
-    if chips % known:
-      raise ValueError(f"mesh {sizes}: the fixed sizes multiply to {known}, which does not divide the chip "
-                       f"count{where}.")
-    axes = [(n, chips // known if s == -1 else s) for n, s in axes]
-  total = math.prod(s for _, s in axes)
-  if total != chips:
-    raise ValueError(f"mesh {dict(axes)} has {total} devices, but the topology has {chips}{where}; the axis "
-                     f"sizes must multiply to the chip count (one may be -1).")
-  return axes
-
-
-def _abstract_batch(cfg: Pi0Config, batch_size: int, batch_sh) -> dict:
-  """The input pipeline's batch (see pi0_jax.train.step) as ShapeDtypeStructs with the batch sharding."""
-  obs = jax.eval_shape(lambda: Observation.fake(cfg, batch_size))
-  batch = {"observation": obs,
-           "actions": jax.ShapeDtypeStruct((batch_size, cfg.action_horizon, cfg.action_dim), jnp.float32),
-           "action_pad_mask": jax.ShapeDtypeStruct((batch_size, cfg.action_horizon), jnp.bool_),
-           "action_dim_mask": jax.ShapeDtypeStruct((batch_size, cfg.action_dim), jnp.bool_)}
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sh), batch)
-
-
 def _per_chip_bytes(abstract_tree) -> int:
   """Bytes of the largest shard of every leaf, summed: what one chip holds of `abstract_tree`."""
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
@@ -190,27 +136,26 @@ def _per_chip_bytes(abstract_tree) -> int:
 # --- The compile ----------------------------------------------------------------------------------------
 
 
-def validate(*, topology: str, mesh_axes, data_axes: Sequence[str], fsdp_axes: Sequence[str], global_batch: int,
-             grad_accum_steps: int) -> tuple[ChipSpec, list[tuple[str, int]]]:
-  """The checks that need no compile; returns the chip and the resolved mesh axes. ValueError otherwise."""
-  chip, dims = parse_topology(topology)
-  axes = resolve_mesh_axes(mesh_axes, math.prod(dims), topology)
-  sizes = dict(axes)
-  for kind, names in (("data_axes", data_axes), ("fsdp_axes", fsdp_axes)):
-    for name in names:
-      if name not in sizes:
-        raise ValueError(f"{kind} names {name!r}, but the mesh axes are {tuple(sizes)}.")
-  dp = math.prod(sizes[a] for a in data_axes)
-  accum = int(grad_accum_steps)
-  if accum < 1:
-    raise ValueError(f"grad_accum_steps must be >= 1, got {accum}.")
-  if global_batch < 1 or global_batch % dp:
-    raise ValueError(f"global batch {global_batch} is not divisible by the data-parallel size {dp} (mesh axes "
-                     f"{tuple(data_axes)} of {sizes} on {topology}).")
-  if global_batch % accum or (global_batch // accum) % dp:
-    raise ValueError(f"global batch {global_batch} must split into grad_accum_steps={accum} micro-batches that are "
-                     f"each divisible by the data-parallel size {dp} (mesh {sizes} on {topology}).")
-  return chip, axes
+def train_config(model_config: Pi0Config, *, mesh_axes, global_batch: int, data_axes: Sequence[str] | None = None,
+                 fsdp_axes: Sequence[str] | None = None, optimizer_cfg: Mapping[str, Any] | None = None,
+                 ema_decay: float | None = None, grad_accum_steps: int = 1,
+                 rules=((".*", "auto"),)) -> ml_collections.ConfigDict:
+  """The trainer config these settings describe; everything else (e.g. the optimizer) from train.defaults.
+
+  mesh_axes: [(name, size)] or 'data:1,fsdp:-1'. data_axes default to every mesh axis, fsdp_axes to the axes
+  named fsdp*.
+  """
+  axes = sharding.parse_mesh(mesh_axes)
+  c = defaults.base_config()
+  c.model = ml_collections.ConfigDict(model_config.to_dict())
+  c.mesh = [[name, size] for name, size in axes]
+  c.data_axes = tuple(data_axes) if data_axes is not None else tuple(n for n, _ in axes)
+  c.fsdp_axes = tuple(fsdp_axes) if fsdp_axes is not None else tuple(n for n, _ in axes if n.startswith("fsdp"))
+  c.sharding_rules = [list(r) for r in rules]
+  c.global_batch, c.grad_accum_steps, c.ema_decay = int(global_batch), int(grad_accum_steps), ema_decay
+  if optimizer_cfg is not None:
+    c.optimizer = ml_collections.ConfigDict(dict(optimizer_cfg))
+  return c
 
 
 def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, global_batch: int,
@@ -220,77 +165,75 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
                        hbm_bytes: int | None = None) -> dict:
   """Compiles pi0's train step for `topology` without allocating anything; returns the report dict.
 
-  mesh_axes: [(name, size)] or 'data:1,fsdp:-1' (one size may be -1; sizes multiply to the chip count).
-  data_axes: the batch is split over these (default: every mesh axis); fsdp_axes: parameters and optimizer
-  state are sharded over these (default: the axes named fsdp*). `model_config.activation_batch_axes` is set
-  to `data_axes`, as the trainer does. peak_flops / hbm_bytes override the chip table's figures.
-  Raises ValueError before compiling for an unknown topology, a mesh that does not match the chip count or
-  a batch the data-parallel size does not divide.
+  The settings are those of `train_config`; sizes one may be -1 and must multiply to the chip count.
+  peak_flops / hbm_bytes override the chip table's figures.
   """
-  axes_in = parse_mesh(mesh_axes)
-  data_axes = tuple(data_axes) if data_axes is not None else tuple(n for n, _ in axes_in)
-  fsdp_axes = tuple(fsdp_axes) if fsdp_axes is not None else tuple(n for n, _ in axes_in if n.startswith("fsdp"))
-  global_batch, grad_accum_steps = int(global_batch), int(grad_accum_steps)
-  chip, axes = validate(topology=topology, mesh_axes=axes_in, data_axes=data_axes, fsdp_axes=fsdp_axes,
-                        global_batch=global_batch, grad_accum_steps=grad_accum_steps)
-  rules = [tuple(r) for r in rules]
-  optimizer_cfg = dict(DEFAULT_OPTIMIZER if optimizer_cfg is None else optimizer_cfg)
-  t_start = time.perf_counter()
+  config = train_config(model_config, mesh_axes=mesh_axes, global_batch=global_batch, data_axes=data_axes,
+                        fsdp_axes=fsdp_axes, optimizer_cfg=optimizer_cfg, ema_decay=ema_decay,
+                        grad_accum_steps=grad_accum_steps, rules=rules)
+  return compile_config(config, topology=topology, peak_flops=peak_flops, hbm_bytes=hbm_bytes)
 
+
+def compile_config(config, *, topology: str, peak_flops: float | None = None, hbm_bytes: int | None = None) -> dict:
+  """Compiles the train step of a trainer config (pi0_jax.train.setup, as the trainer does) for `topology`.
+
+  Raises ValueError before loading the TPU compiler for an unknown topology, a mesh that does not match the
+  chip count, unknown data/FSDP axes or a batch the data-parallel size does not divide.
+  """
+  chip, dims = parse_topology(topology)
+  axes = setup.resolve_layout(config, math.prod(dims), where=f" on {topology}")
+  t_start = time.perf_counter()
   devices = topology_devices(topology)
-  mesh = sharding.make_mesh(axes, devices)
-  dp = sharding.data_parallel_size(mesh, data_axes)
-  model_config = model_config.replace(activation_batch_axes=data_axes)
-  model = Pi0(model_config)
-  # Parameters do not depend on the activation constraint; without it, init needs no mesh (and its batch
-  # of 1 need not divide the data-parallel size).
-  init_model = Pi0(model_config.replace(activation_batch_axes=()))
-  rng = jax.random.key(0)
-  ema = ema_decay is not None
-  abstract_params = weights.abstract_params(init_model.config)
-  tx, schedule = optimizer_lib.make_optimizer(optimizer_cfg, abstract_params)
-  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, init_model, tx, ema=ema), rng)
-  state_sh = sharding.state_shardings(abstract_state, mesh, rules, fsdp_axes, tx)
-  batch_sh = sharding.batch_sharding(mesh, data_axes)
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
-                                state_sh)
-  abstract_batch = _abstract_batch(model_config, global_batch, batch_sh)
-  replicated = NamedSharding(mesh, P())
-  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
-                                                ema_decay=ema_decay),
-                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
-  with jax.set_mesh(mesh):
-    traced = train_step.trace(abstract_state, abstract_batch)
+  ts = setup.train_setup(config, sharding.make_mesh(axes, devices))
+  abstract_batch = ts.abstract_batch(int(config.global_batch))
+  with jax.set_mesh(ts.mesh):
+    traced = ts.train_step().trace(ts.abstract_state, abstract_batch)
     lowered = traced.lower()
   t_lowered = time.perf_counter()
   try:
-    compiled = lowered.compile()
+    compiled, compile_error = lowered.compile(), None
   except Exception as e:
     # The TPU compiler refuses a program whose buffers exceed the chip's HBM: that is an answer, not a crash.
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     compiled, compile_error = None, str(e)
   t_compiled = time.perf_counter()
+  memory = _memory(compiled, compile_error, ts.abstract_state, abstract_batch, int(hbm_bytes or chip.hbm_bytes))
+  cost = _cost_analysis(compiled)
+  report = {
+      "topology": topology,
+      "generation": chip.generation,
+      "device_kind": devices[0].device_kind,
+      "num_chips": len(devices),
+      "mesh": dict(ts.mesh.shape),
+      "data_axes": list(ts.data_axes),
+      "fsdp_axes": list(ts.fsdp_axes),
+      "global_batch": int(config.global_batch),
+      "per_chip_batch": int(config.global_batch) / ts.data_parallel_size,
+      "grad_accum_steps": ts.grad_accum_steps,
+      "ema": ts.ema_decay is not None,
+      "num_params": int(sum(math.prod(x.shape) for x in jax.tree.leaves(ts.abstract_params))),
+      "model": _model_summary(ts.model_config),
+      "memory": memory,
+  }
+  report.update(_flops(traced, cost, ts.data_parallel_size, int(config.global_batch),
+                       float(peak_flops or chip.peak_bf16_flops)))
+  report.update(lower_s=t_lowered - t_start, compile_s=t_compiled - t_lowered, jax_version=jax.__version__,
+                libtpu_version=_libtpu_version())
+  return report
 
-  chips = len(devices)
-  hbm = int(hbm_bytes or chip.hbm_bytes)
+
+def _model_summary(cfg: Pi0Config) -> dict:
+  return {"remat_policy": cfg.remat_policy, "dtype": cfg.dtype, "image_keys": list(cfg.image_keys),
+          "image_resolution": cfg.image_resolution, "action_horizon": cfg.action_horizon,
+          "action_dim": cfg.action_dim, "max_token_len": cfg.max_token_len, "prefix_len": cfg.prefix_len}
+
+
+def _memory(compiled, compile_error: str | None, abstract_state, abstract_batch, hbm: int) -> dict:
+  """Per-chip bytes: the compiler's plan, or what its out-of-memory message says."""
   memory = {"state_bytes": _per_chip_bytes(abstract_state), "batch_bytes": _per_chip_bytes(abstract_batch),
             "hbm_bytes": hbm}
-  cost = {}
-  if compiled is not None:
-    mem = compiled.memory_analysis()
-    memory.update(argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-                  alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-                  generated_code_bytes=int(mem.generated_code_size_in_bytes))
-    # Donated state buffers are reused for the new state: count them once.
-    memory["total_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
-                             + memory["temp_bytes"] + memory["generated_code_bytes"])
-    memory.update(hbm_fraction=memory["total_bytes"] / hbm, fits=memory["total_bytes"] <= hbm)
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
-      cost = cost[0] if cost else {}
-    cost = dict(cost or {})
-  else:
+  if compiled is None:
     memory.update(fits=False, compiler_error=compile_error.strip().splitlines()[0][:2000])
     # e.g. "... memory required for HLO temporaries (30.04G) exceeds available HBM (15.75G)"; XLA's G is GiB.
     for key, pattern in (("temp_bytes", r"HLO temporaries \(([\d.]+)G\)"),
@@ -298,6 +241,29 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
       found = re.search(pattern, compile_error)
       if found:
         memory[key] = int(float(found.group(1)) * GiB)
+    return memory
+  mem = compiled.memory_analysis()
+  memory.update(argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+                alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+                generated_code_bytes=int(mem.generated_code_size_in_bytes))
+  # Donated state buffers are reused for the new state: count them once.
+  memory["total_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
+                           + memory["temp_bytes"] + memory["generated_code_bytes"])
+  memory.update(hbm_fraction=memory["total_bytes"] / hbm, fits=memory["total_bytes"] <= hbm)
+  return memory
+
+
+def _cost_analysis(compiled) -> dict:
+  if compiled is None:
+    return {}
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
+    cost = cost[0] if cost else {}
+  return dict(cost or {})
+
+
+def _flops(traced, cost: dict, dp: int, global_batch: int, peak: float) -> dict:
+  """Counted and XLA FLOPs, and the estimates from XLA's cost model (module docstring)."""
   flops_global = jaxpr_matmul_flops(traced.jaxpr)
   # Each data-parallel shard computes its slice of the batch; other mesh axes (if any) repeat that work, as
   # nothing here is tensor-parallel.
@@ -306,32 +272,12 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
   raw_optimal = float(cost["optimal_seconds"]) if "optimal_seconds" in cost else None
   # The cost model gives a negative figure for some programs (seen for the full pi0 on 256 chips): unusable.
   optimal_seconds = raw_optimal if raw_optimal and raw_optimal > 0 else None
-  peak = float(peak_flops or chip.peak_bf16_flops)
   # FLOPs and optimal_seconds from the same cost model, which sees each scanned layer once in both: their
   # ratio is its efficiency estimate. The jaxpr FLOPs over optimal_seconds would exceed 100% (pi0 on v5p: ~8x).
   mfu = xla_flops / optimal_seconds / peak if optimal_seconds and xla_flops else None
   if mfu is not None and not 0 < mfu <= 1:
     mfu = None
-  params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
-
   return {
-      "topology": topology,
-      "generation": chip.generation,
-      "device_kind": devices[0].device_kind,
-      "num_chips": chips,
-      "mesh": dict(mesh.shape),
-      "data_axes": list(data_axes),
-      "fsdp_axes": list(fsdp_axes),
-      "global_batch": global_batch,
-      "per_chip_batch": global_batch / dp,
-      "grad_accum_steps": grad_accum_steps,
-      "ema": ema,
-      "num_params": int(params),
-      "model": {"remat_policy": model_config.remat_policy, "dtype": model_config.dtype,
-                "image_keys": list(model_config.image_keys), "image_resolution": model_config.image_resolution,
-                "action_horizon": model_config.action_horizon, "action_dim": model_config.action_dim,
-                "max_token_len": model_config.max_token_len, "prefix_len": model_config.prefix_len},
-      "memory": memory,
       "flops_per_chip": flops_per_chip,
       "flops_per_step": flops_global,
       "flops_source": "jaxpr matmul count (scans x length, remat recompute included) / data-parallel size",
@@ -345,10 +291,6 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
       # The counted FLOPs at that efficiency.
       "step_seconds_estimate": flops_per_chip / peak / mfu if mfu else None,
       "samples_per_s_estimate": global_batch * peak * mfu / flops_per_chip if mfu and flops_per_chip else None,
-      "lower_s": t_lowered - t_start,
-      "compile_s": t_compiled - t_lowered,
-      "jax_version": jax.__version__,
-      "libtpu_version": _libtpu_version(),
   }
 
 
@@ -482,12 +424,7 @@ def _compile_from_flags(f) -> dict:
     if clashing:
       raise app.UsageError(f"--{', --'.join(clashing)} only apply without --config; with a config file, "
                            "override its fields instead, e.g. --config.global_batch=512.")
-    return compile_train_step(
-        Pi0Config.from_dict(config.model.to_dict()), topology=f.topology, mesh_axes=[tuple(a) for a in config.mesh],
-        data_axes=tuple(config.data_axes), fsdp_axes=tuple(config.fsdp_axes), global_batch=int(config.global_batch),
-        optimizer_cfg=config.optimizer.to_dict(), ema_decay=config.get("ema_decay"),
-        grad_accum_steps=int(config.get("grad_accum_steps", 1)),
-        rules=[tuple(r) for r in config.get("sharding_rules", [(".*", "auto")])], peak_flops=f.peak_flops)
+    return compile_config(config, topology=f.topology, peak_flops=f.peak_flops)
   overrides = {"remat_policy": f.remat_policy} if f.remat_policy else {}
   return compile_train_step(
       get_preset(f.preset, **overrides), topology=f.topology, mesh_axes=f.mesh, data_axes=f.data_axes,

@@ -501,13 +501,10 @@ def make_data(data_config, model_config, *, global_batch: int, train: bool, mesh
   """
   settings = config_lib.settings_from_config(data_config, model_config, seed=seed)
   process_index, process_count = hosts.process_info(process_index, process_count)
-  hosts.local_batch_size(global_batch, process_count)  # Divisible, or an error now.
-  if mesh is not None:
-    hosts.batch_sharding(mesh, data_axes)  # The axes exist.
-    dp = int(np.prod([mesh.shape[a] for a in data_axes]))
-    if global_batch % dp:
-      raise ValueError(f"global batch {global_batch} is not divisible by the data-parallel size {dp} "
-                       f"(mesh axes {tuple(data_axes)}).")
+  from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  # Divisible by the processes (and the mesh's data axes), or an error now.
+  sharding.check_batch(global_batch, {} if mesh is None else mesh.shape, () if mesh is None else data_axes,
+                       process_count=process_count)
   tokenize_fn = tokenize_fn or make_tokenize_fn(settings)  # Before the scans: a missing tokenizer fails fast.
   plans = [plan_dataset(i, s, settings, train=train, specs=specs) for i, s in enumerate(settings.datasets)]
   state_root = os.path.join(workdir, "data_state" if train else "eval_data_state") if workdir else None

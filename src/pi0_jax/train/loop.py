@@ -1,13 +1,12 @@
 """The trainer: `python -m pi0_jax.train --config=configs/pi0_demo.py --workdir=DIR`.
 
-One linear main() in sections: setup, mesh, data, model and optimizer,
-shardings, init or resume, compile, loop. Runs unchanged on one CPU, a GPU, or
+One linear run() in sections: setup, mesh, model and shardings (from
+pi0_jax.train.setup), data, init or resume, step, loop. Runs unchanged on one CPU, a GPU, or
 every host of a TPU pod (each host runs the same command).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -33,93 +32,44 @@ class Preempted(Exception):
   pass
 
 
-def main(argv):
+def main(argv, hooks: Hooks | None = None):
   del argv
   config = _CONFIG.value
   if config is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required.")
-  run(config, _WORKDIR.value, distributed=_DISTRIBUTED.value, stop_after=_MAX_STEPS.value)
+  run(config, _WORKDIR.value, distributed=_DISTRIBUTED.value, stop_after=_MAX_STEPS.value, hooks=hooks)
 
 
-def run(config, workdir: str, *, distributed: bool | None = None, stop_after: int | None = None) -> dict:
+class Hooks:
+  """Callbacks into the loop for tests and tools: pass an instance as `run(..., hooks=)`. These do nothing."""
+
+  def on_step(self, step: int, batch: dict, state: dict) -> None:
+    """After step `step` ran on `batch` (giving `state`) and its checkpoint, if any, was started."""
+
+
+def run(config, workdir: str, *, distributed: bool | None = None, stop_after: int | None = None,
+        hooks: Hooks | None = None) -> dict:
   """Trains per `config` in `workdir`; returns the last logged metrics."""
   # --- Setup -------------------------------------------------------------------------------------
-  from pi0_jax import logs
-  logs.quiet_libraries()
-  if distributed is None:
-    distributed = bool(config.get("distributed")) or os.environ.get("PI0_DISTRIBUTED", "0") == "1"
+  workdir = _start(config, workdir, distributed)
   import jax
-  if distributed:
-    initialize_distributed()
-  from etils import epath
-
-  from pi0_jax import weights
-  from pi0_jax.model import Pi0, Pi0Config
-  from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, sharding, step as step_lib
   from pi0_jax.data import pipeline
+  from pi0_jax.train import checkpoint, setup
 
-  is_main = jax.process_index() == 0
-  workdir = checkpoint.resolve_workdir(workdir)  # A local path, or a bucket URL such as gs://b/run.
-  if is_main:
-    epath.Path(workdir, "assets").mkdir(parents=True, exist_ok=True)
-    epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
-  logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+  # --- Mesh (checks the axes and the global batch against the devices and processes) ------------
+  mesh = setup.make_mesh(config)
 
-  # --- Mesh --------------------------------------------------------------------------------------
-  mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
-  data_axes, fsdp_axes = tuple(config.data_axes), tuple(config.fsdp_axes)
-  for axis in data_axes + fsdp_axes:
-    if axis not in mesh.shape:
-      raise ValueError(f"config.data_axes/fsdp_axes name {axis!r}, but the mesh axes are {tuple(mesh.shape)}.")
-  dp = sharding.data_parallel_size(mesh, data_axes)
-  batch = int(config.global_batch)
-  accum = int(config.grad_accum_steps)
-  if batch % dp:
-    raise ValueError(f"config.global_batch={batch} is not divisible by the data-parallel size {dp} "
-                     f"(mesh axes {data_axes} of {dict(mesh.shape)}).")
-  if batch % jax.process_count():
-    raise ValueError(f"config.global_batch={batch} is not divisible by the process count {jax.process_count()}.")
-  if batch % accum or (batch // accum) % dp:
-    raise ValueError(f"config.global_batch={batch} must split into grad_accum_steps={accum} micro-batches that are "
-                     f"each divisible by the data-parallel size {dp}.")
-
-  # --- Model and optimizer -----------------------------------------------------------------------
-  model_config = Pi0Config.from_dict(config.model.to_dict()).replace(activation_batch_axes=data_axes)
-  model = Pi0(model_config)
-  rng = jax.random.key(int(config.seed))
-  ema = config.get("ema_decay") is not None
-  init_fn = functools.partial(step_lib.init_state, model, ema=ema)
-  with jax.set_mesh(mesh):  # The model constrains activations to the mesh's batch axes, even when tracing.
-    abstract_params = weights.abstract_params(model_config.replace(activation_batch_axes=()))
-    tx, schedule = optimizer.make_optimizer(config.optimizer.to_dict(), abstract_params)
-    abstract_state = jax.eval_shape(functools.partial(init_fn, tx), rng)
-  state_sh = sharding.state_shardings(abstract_state, mesh, [tuple(r) for r in config.sharding_rules], fsdp_axes, tx)
-  batch_sh = sharding.batch_sharding(mesh, data_axes)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # --- Model, optimizer and shardings (abstract: nothing allocated or compiled) -----------------
+  ts = setup.train_setup(config, mesh)
 
   # --- Data (built before any compile, so bad datasets fail fast) --------------------------------
-  train_data = pipeline.make_train_data(config.data, model_config, global_batch=batch, mesh=mesh, data_axes=data_axes,
-                                        seed=int(config.seed), workdir=workdir)
+  train_data = pipeline.make_train_data(config.data, ts.model_config, global_batch=int(config.global_batch),
+                                        mesh=mesh, data_axes=ts.data_axes, seed=int(config.seed), workdir=workdir)
 
   # --- Init or resume ----------------------------------------------------------------------------
   ckpts = checkpoint.Checkpoints(workdir, keep=int(config.keep_checkpoints), keep_every=int(config.keep_every))
-  start = ckpts.latest_step()
-  if start is not None:
-    state, meta = ckpts.restore(checkpoint.abstract_with_shardings(abstract_state, state_sh), start)
-    train_data.restore(meta["data"])
-    logging.info("resumed from step %d in %s", start, ckpts.directory)
-  else:
-    with jax.set_mesh(mesh):
-      if config.init.get("paligemma_npz"):
-        # Array by array, straight into the sharded layout; the rest of the tree is initialised there too.
-        params = weights.load_paligemma_npz(config.init.paligemma_npz, model_config, rng=rng,
-                                            shardings=state_sh["params"])
-        state = jax.jit(lambda r, p: init_fn(tx, r, params=p), out_shardings=state_sh)(rng, params)
-      else:
-        state = jax.jit(functools.partial(init_fn, tx), out_shardings=state_sh)(rng)
-    start = 0
-  if is_main:
+  state, start = _init_or_resume(config, ts, ckpts, train_data)
+  if jax.process_index() == 0:
     train_data.write_assets(os.path.join(workdir, "assets"))
   total = int(config.total_steps)
   last_step = total if stop_after is None else min(total, start + int(stop_after))
@@ -128,35 +78,94 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
     ckpts.close()
     return {"step": start}
 
-  # --- Compile -----------------------------------------------------------------------------------
-  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, grad_accum_steps=accum,
-                                                ema_decay=config.get("ema_decay")),
-                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  # --- Step --------------------------------------------------------------------------------------
   first = train_data.next_batch()
-  with jax.set_mesh(mesh):
+  compiled, flops = _compile(ts, state, first)
+
+  # --- Loop --------------------------------------------------------------------------------------
+  return _train(config, workdir, ts, compiled, flops, state, first, train_data, ckpts, start, last_step,
+                hooks or Hooks())
+
+
+def _start(config, workdir: str, distributed: bool | None) -> str:
+  """Quiet logs, join the other processes, create the workdir; returns it resolved."""
+  from pi0_jax import logs
+  logs.quiet_libraries()
+  if distributed is None:
+    distributed = bool(config.get("distributed")) or os.environ.get("PI0_DISTRIBUTED", "0") == "1"
+  import jax
+  if distributed:
+    initialize_distributed()
+  from etils import epath
+  from pi0_jax.train import checkpoint
+
+  workdir = checkpoint.resolve_workdir(workdir)  # A local path, or a bucket URL such as gs://b/run.
+  if jax.process_index() == 0:
+    epath.Path(workdir, "assets").mkdir(parents=True, exist_ok=True)
+    epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+  logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+  return workdir
+
+
+def _init_or_resume(config, ts, ckpts, train_data) -> tuple[dict, int]:
+  """(state, step): the latest checkpoint in the workdir (and the data position), else a fresh state."""
+  import jax
+  from pi0_jax import weights
+
+  start = ckpts.latest_step()
+  if start is not None:
+    state, meta = ckpts.restore(ts.abstract_state, start)
+    train_data.restore(meta["data"])
+    logging.info("resumed from step %d in %s", start, ckpts.directory)
+    return state, start
+  rng = jax.random.key(int(config.seed))
+  params = None
+  if config.init.get("paligemma_npz"):
+    # Array by array, straight into the sharded layout; the rest of the tree is initialised there too.
+    with jax.set_mesh(ts.mesh):
+      params = weights.load_paligemma_npz(config.init.paligemma_npz, ts.model_config, rng=rng,
+                                          shardings=ts.state_shardings["params"])
+  return ts.init_state(rng, params), 0
+
+
+def _compile(ts, state, batch):
+  """The compiled train step and its matmul FLOPs (scans counted by trip count; XLA's cost analysis counts
+  loop bodies once)."""
+  import jax
+  from pi0_jax.train import metrics as metrics_lib
+
+  with jax.set_mesh(ts.mesh):
     t0 = time.time()
-    traced = train_step.trace(state, first)
+    traced = ts.train_step().trace(state, batch)
     compiled = traced.lower().compile()
   logging.info("compiled the train step in %.1fs", time.time() - t0)
-  # Matmul FLOPs of the traced step (scans counted by trip count; XLA's cost analysis counts loop bodies once).
-  flops = metrics_lib.jaxpr_matmul_flops(traced.jaxpr)
+  return compiled, metrics_lib.jaxpr_matmul_flops(traced.jaxpr)
+
+
+def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, ckpts, start: int, last_step: int,
+           hooks: Hooks) -> dict:
+  """Steps from `start` to `last_step`: checkpoints, SIGTERM, non-finite losses, metrics; returns the last."""
+  import jax
+  from etils import epath
+  from pi0_jax.train import checkpoint, metrics as metrics_lib
+
+  is_main = jax.process_index() == 0
   peak, peak_source = metrics_lib.device_peak_flops(config.get("device_peak_flops"))
   # Simulated CPU devices share the host's cores: the measured peak is the whole host's.
   total_peak = peak if jax.devices()[0].platform == "cpu" else peak * jax.device_count()
-
-  # --- Loop --------------------------------------------------------------------------------------
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   preempted = {"flag": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.__setitem__("flag", True))
   progress = _progress(start, last_step, enabled=is_main)
   last_metrics, window_start, window_steps = {}, time.time(), 0
-  step_now, batch_now = start, first
+  step_now = start
   checkpoint_every, log_every = int(config.checkpoint_every), int(config.log_every)
-  crash_after = int(os.environ.get("PI0_FAULT_KILL_AFTER_STEP", -1))  # Tests of crash recovery set this.
   try:
     while step_now < last_step:
-      with jax.set_mesh(mesh):
-        state, m = compiled(state, batch_now)
+      batch = batch_now
+      with jax.set_mesh(ts.mesh):
+        state, m = compiled(state, batch)
       step_now += 1
       window_steps += 1
       stop = preempted["flag"] or step_now == last_step
@@ -165,24 +174,13 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
       data_state = train_data.state() if save_now else None
       if not stop:
         batch_now = train_data.next_batch()  # Host work that overlaps with the step running on the devices.
-      loss = float(m["loss"])  # Waits for the step; a non-finite loss must never reach a checkpoint.
-      if not math.isfinite(loss) or not math.isfinite(float(m["grad_norm"])):
-        raise FloatingPointError(
-            f"Non-finite loss {loss} (grad norm {float(m['grad_norm'])}) at step {step_now}; stopped without "
-            f"saving it. The last good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}.")
+      _check_finite(m, step_now, ckpts)  # Waits for the step; a non-finite loss must never reach a checkpoint.
       if save_now:
         ckpts.save(step_now, state, {"step": step_now, "data": data_state, "time": checkpoint.timestamp()})
-      if step_now == crash_after:  # Fault injection: die like a lost machine, the last save maybe in flight.
-        os.kill(os.getpid(), signal.SIGKILL)
+      hooks.on_step(step_now, batch, state)
       if step_now % log_every == 0 or stop:
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
         dt = (time.time() - window_start) / window_steps
-        m.update(steps_per_s=1 / dt, samples_per_s=batch / dt)
-        if flops:
-          m.update(step_tflops=flops / 1e12, mfu=flops / dt / total_peak)
-        writer.write(step_now, m)
-        last_metrics = {"step": step_now, **m}
-        progress.set_postfix(loss=f"{m['loss']:.4f}", sps=f"{m['samples_per_s']:.1f}", refresh=False)
+        last_metrics = _log(writer, progress, step_now, m, dt, int(config.global_batch), flops, total_peak)
         window_start, window_steps = time.time(), 0
       progress.update(1)
       if stop and step_now < last_step:  # SIGTERM arrived (and the checkpoint above was started).
@@ -198,6 +196,26 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
     epath.Path(workdir, "summary.json").write_text(json.dumps(
         {**last_metrics, "peak_flops_source": peak_source, "peak_flops": peak, "step_flops": flops}, indent=2))
   return last_metrics
+
+
+def _check_finite(m: dict, step: int, ckpts) -> None:
+  loss = float(m["loss"])
+  if not math.isfinite(loss) or not math.isfinite(float(m["grad_norm"])):
+    raise FloatingPointError(
+        f"Non-finite loss {loss} (grad norm {float(m['grad_norm'])}) at step {step}; stopped without "
+        f"saving it. The last good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}.")
+
+
+def _log(writer, progress, step: int, m: dict, dt: float, batch: int, flops: float, total_peak: float) -> dict:
+  """Writes one metrics row (the step's metrics plus throughput over the window of `dt` s/step); returns it."""
+  import jax
+  m = {k: float(v) for k, v in jax.device_get(m).items()}
+  m.update(steps_per_s=1 / dt, samples_per_s=batch / dt)
+  if flops:
+    m.update(step_tflops=flops / 1e12, mfu=flops / dt / total_peak)
+  writer.write(step, m)
+  progress.set_postfix(loss=f"{m['loss']:.4f}", sps=f"{m['samples_per_s']:.1f}", refresh=False)
+  return {"step": step, **m}
 
 
 def cli():

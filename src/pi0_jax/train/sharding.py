@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -28,34 +28,89 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[Any] | None = None) -> Mesh:
+def parse_mesh(spec: str | Sequence) -> list[tuple[str, int]]:
+  """'data:1,fsdp:-1' (the command-line form) or [[name, size], ...] -> [('data', 1), ('fsdp', -1)]."""
+  if not isinstance(spec, str):
+    return [(str(name), int(size)) for name, size in spec]
+  out = []
+  for item in (s.strip() for s in spec.split(",") if s.strip()):
+    name, sep, size = item.partition(":")
+    if not sep or not name or not re.fullmatch(r"-?\d+", size.strip()):
+      raise ValueError(f"mesh {spec!r}: expected NAME:SIZE pairs separated by commas, e.g. data:1,fsdp:-1.")
+    out.append((name.strip(), int(size)))
+  return out
+
+
+def resolve_mesh_axes(axes, num_devices: int, where: str = "") -> list[tuple[str, int]]:
+  """Mesh axes (see parse_mesh) with a -1 size filled in; ValueError unless they multiply to `num_devices`.
+
+  Needs no devices, so AOT compiles check a mesh before loading the TPU compiler. `where` ends the messages
+  (e.g. " on v5e:16x16").
+  """
+  axes = parse_mesh(axes)
+  names = [a for a, _ in axes]
+  sizes = [s for _, s in axes]
+  shown = dict(axes)
+  if not axes or len(set(names)) != len(names):
+    raise ValueError(f"mesh axes: need at least one axis and distinct names, got {names}{where}.")
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh axes: at most one size may be -1, got {shown}{where}.")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh axes: sizes must be positive or -1, got {shown}{where}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh axes {shown}: {num_devices} devices are not a multiple of {known}{where}.")
+    sizes[sizes.index(-1)] = num_devices // known
+  total = math.prod(sizes)
+  if total > num_devices:
+    raise ValueError(f"mesh axes {shown} need {total} devices, but only {num_devices} are available{where}.")
+  if total < num_devices:
+    raise ValueError(f"mesh axes {shown} use {total} of {num_devices} devices{where}; use -1 on one axis or make "
+                     "the sizes multiply to the device count.")
+  return list(zip(names, sizes))
+
+
+def make_mesh(axes: Sequence[tuple[str, int]] | str, devices: Sequence[Any] | None = None) -> Mesh:
   """A Mesh with the named axes; one size may be -1. Errors name the offending sizes."""
   devices = list(jax.devices() if devices is None else devices)
-  names = [str(a) for a, _ in axes]
-  sizes = [int(s) for _, s in axes]
-  if len(set(names)) != len(names):
-    raise ValueError(f"mesh axes: duplicate names in {names}.")
-  if sizes.count(-1) > 1:
-    raise ValueError(f"mesh axes: at most one size may be -1, got {dict(zip(names, sizes))}.")
-  known = math.prod(s for s in sizes if s != -1)
-  if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh axes: sizes must be positive or -1, got {dict(zip(names, sizes))}.")
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"mesh axes {dict(zip(names, sizes))}: {len(devices)} devices are not a multiple of {known}.")
-    sizes[sizes.index(-1)] = len(devices) // known
-  total = math.prod(sizes)
-  if total > len(devices):
-    raise ValueError(f"mesh axes {dict(zip(names, sizes))} need {total} devices, but only {len(devices)} are "
-                     "available.")
-  if total < len(devices):
-    raise ValueError(f"mesh axes {dict(zip(names, sizes))} use {total} of {len(devices)} devices; use -1 on one "
-                     "axis or make the sizes multiply to the device count.")
+  axes = resolve_mesh_axes(axes, len(devices))
+  names, sizes = [a for a, _ in axes], [s for _, s in axes]
   try:
     grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
   except Exception:  # Topologies the helper does not know (e.g. simulated CPU devices): plain order.
     grid = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(grid, tuple(names), axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+def check_axes(mesh_shape: Mapping[str, int], data_axes: Sequence[str], fsdp_axes: Sequence[str] = ()) -> None:
+  """ValueError unless every data/FSDP axis is an axis of the mesh."""
+  for kind, names in (("data_axes", data_axes), ("fsdp_axes", fsdp_axes)):
+    for name in names:
+      if name not in mesh_shape:
+        raise ValueError(f"{kind} names {name!r}, but the mesh axes are {tuple(mesh_shape)}.")
+
+
+def check_batch(global_batch: int, mesh_shape: Mapping[str, int], data_axes: Sequence[str], *,
+                grad_accum_steps: int = 1, process_count: int = 1) -> None:
+  """The one check of a global batch against the mesh, the processes and gradient accumulation.
+
+  Every process feeds global_batch / process_count rows; each of the grad_accum_steps micro-batches is split
+  over the data-parallel axes. `mesh_shape` may be a Mesh's shape or resolved (name -> size) axes.
+  """
+  check_axes(mesh_shape, data_axes)
+  batch, accum = int(global_batch), int(grad_accum_steps)
+  dp = math.prod(mesh_shape[a] for a in data_axes)
+  where = f"(mesh axes {tuple(data_axes)} of {dict(mesh_shape)})"
+  if accum < 1:
+    raise ValueError(f"grad_accum_steps must be >= 1, got {accum}.")
+  if batch < 1 or batch % dp:
+    raise ValueError(f"global_batch={batch} is not divisible by the data-parallel size {dp} {where}.")
+  if batch % process_count:
+    raise ValueError(f"global_batch={batch} is not divisible by the process count {process_count}.")
+  if batch % accum or (batch // accum) % dp:
+    raise ValueError(f"global_batch={batch} must split into grad_accum_steps={accum} micro-batches that are each "
+                     f"divisible by the data-parallel size {dp} {where}.")
 
 
 def auto_fsdp_spec(shape: Sequence[int], mesh: Mesh, fsdp_axes: Sequence[str], min_size: int = 2**14) -> P:
@@ -127,6 +182,7 @@ def tree_shardings(specs, mesh: Mesh):
 
 def batch_sharding(mesh: Mesh, data_axes: Sequence[str]) -> NamedSharding:
   """Leading (batch) dimension split over all data-parallel axes."""
+  check_axes(mesh.shape, data_axes)
   return NamedSharding(mesh, P(tuple(data_axes)))
 
 

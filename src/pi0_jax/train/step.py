@@ -8,7 +8,9 @@ The state is a plain dict, which is also what checkpoints hold:
   rng         uint32 [2]        base key; step s uses fold_in(rng, s)
 
 A batch is the input pipeline's dict: observation (Observation), actions [B, H, A],
-action_pad_mask bool [B, H], action_dim_mask bool [B, A].
+action_pad_mask bool [B, H], action_dim_mask bool [B, A]; optionally noise [B, H, A] and time [B], fixed
+flow-matching draws that replace the ones from the step's key (for exact comparisons, e.g. of gradient
+accumulation against one batch).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def init_state(model: Pi0, tx: optax.GradientTransformation, rng, *, ema: bool, 
 def loss_sum(model: Pi0, params, batch: dict, rng) -> jax.Array:
   """Sum of the per-step flow loss over the real (unpadded) action steps of `batch`."""
   per_step = model.apply({"params": params}, batch["observation"], batch["actions"], method="compute_loss", rng=rng,
-                         action_pad_mask=batch["action_pad_mask"], action_dim_mask=batch["action_dim_mask"])
+                         noise=batch.get("noise"), time=batch.get("time"), action_pad_mask=batch["action_pad_mask"],
+                         action_dim_mask=batch["action_dim_mask"])
   return jnp.sum(per_step)
 
 
@@ -51,7 +54,8 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
 
   The loss is the mean over real action steps of the whole (global) batch; with gradient
   accumulation the batch is cut into `grad_accum_steps` micro-batches whose gradient sums are
-  added, so the update equals the one without accumulation (up to the random draws).
+  added, so the update equals the one without accumulation (exactly so, up to float rounding, when the batch
+  carries its noise and time; tests/test_train_step.py).
   """
 
   def train_step(state: dict, batch: dict):
@@ -91,9 +95,6 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
         "update_norm": optax.tree.norm(updates),
         "learning_rate": schedule(state["step"]),
         "valid_action_steps": num_valid,
-        # A fingerprint of the batch's actions: equal streams give equal sequences (e.g. across a resume).
-        "batch_checksum": jnp.sum(batch["actions"].astype(jnp.float32)
-                                  * (1.0 + jnp.arange(batch["actions"].size).reshape(batch["actions"].shape) % 7)),
     }
     return new_state, metrics
 

@@ -26,30 +26,22 @@ _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON ou
 
 
 def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float) -> dict:
-  import functools
   import statistics
   import time
 
   import jax
   import jax.numpy as jnp
-  from pi0_jax import weights
-  from pi0_jax.model import Observation, Pi0, get_preset
-  from pi0_jax.train import metrics, optimizer, sharding, step
+  import ml_collections
+  from pi0_jax.model import Observation, get_preset
+  from pi0_jax.train import defaults, metrics, setup
 
-  cfg = get_preset(preset, **({"remat_policy": remat} if remat else {}))
-  mesh = sharding.make_mesh([("data", 1), ("fsdp", -1)])
-  data_axes = ("data", "fsdp")
-  cfg = cfg.replace(activation_batch_axes=data_axes)
-  model = Pi0(cfg)
-  opt = dict(peak_lr=1e-4, warmup_steps=10, decay_steps=1000, end_lr=1e-5, b1=0.9, b2=0.95, eps=1e-8,
-             weight_decay=1e-10, clip_grad_norm=1.0)
-  rng = jax.random.key(0)
-  with jax.set_mesh(mesh):
-    abstract_params = weights.abstract_params(cfg.replace(activation_batch_axes=()))
-    tx, schedule = optimizer.make_optimizer(opt, abstract_params)
-    init = functools.partial(step.init_state, model, tx, ema=False)
-    state_sh = sharding.state_shardings(jax.eval_shape(init, rng), mesh, [(".*", "auto")], ("fsdp",), tx)
-    state = jax.jit(init, out_shardings=state_sh)(rng)
+  config = defaults.base_config()  # Mesh data:1 x fsdp:all, the batch over both, parameters over fsdp.
+  config.model = ml_collections.ConfigDict(get_preset(preset, **({"remat_policy": remat} if remat else {})).to_dict())
+  config.global_batch = batch
+  config.optimizer.update(peak_lr=1e-4, warmup_steps=10, decay_steps=1000, end_lr=1e-5)
+  ts = setup.train_setup(config, setup.make_mesh(config))
+  cfg = ts.model_config
+  state = ts.init_state(jax.random.key(0))
   obs = Observation.fake(cfg, batch)
   obs = obs.replace(images={k: jax.random.uniform(jax.random.key(i), v.shape, minval=-1, maxval=1)
                             for i, (k, v) in enumerate(obs.images.items())})
@@ -57,13 +49,9 @@ def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float)
                 "actions": jax.random.normal(jax.random.key(9), (batch, cfg.action_horizon, cfg.action_dim)),
                 "action_pad_mask": jnp.ones((batch, cfg.action_horizon), bool),
                 "action_dim_mask": jnp.ones((batch, cfg.action_dim), bool)}
-  batch_sh = sharding.batch_sharding(mesh, data_axes)
-  batch_tree = jax.device_put(batch_tree, batch_sh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  fn = jax.jit(step.make_train_step(model, tx, schedule), in_shardings=(state_sh, batch_sh),
-               out_shardings=(state_sh, replicated), donate_argnums=(0,))
-  with jax.set_mesh(mesh):
-    traced = fn.trace(state, batch_tree)
+  batch_tree = jax.device_put(batch_tree, ts.batch_sharding)
+  with jax.set_mesh(ts.mesh):
+    traced = ts.train_step().trace(state, batch_tree)
     t0 = time.perf_counter()
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - t0
@@ -76,7 +64,7 @@ def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float)
       if i >= 2:
         times.append(time.perf_counter() - t0)
   dt = statistics.median(times)
-  n_params = sum(x.size for x in jax.tree.leaves(abstract_params))
+  n_params = sum(x.size for x in jax.tree.leaves(ts.abstract_params))
   return {"preset": preset, "params_M": n_params / 1e6, "dtype": cfg.dtype, "remat": cfg.remat_policy,
           "devices": jax.device_count(), "batch": batch, "compile_s": compile_s, "step_s": dt,
           "steps_per_s": 1 / dt, "samples_per_s": batch / dt, "step_gflops": flops / 1e9,

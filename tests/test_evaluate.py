@@ -204,6 +204,7 @@ def test_eval_step_and_metrics_equal_numpy(trained):
   import jax
   from pi0_jax.data import pipeline
   from pi0_jax.model import Pi0, Pi0Config
+  from pi0_jax.train import setup
   export_dir = trained["export"]
   with open(os.path.join(export_dir, "metadata.json")) as f:
     train_config = json.load(f)["train_config"]
@@ -221,7 +222,7 @@ def test_eval_step_and_metrics_equal_numpy(trained):
   with open(os.path.join(export_dir, "model_config.json")) as f:
     config = Pi0Config.from_dict(json.load(f))
   batch = pipeline.make_eval_data(cfg, config, global_batch=8).next_host_batch()
-  mesh = offline.build_mesh([["data", -1], ["fsdp", 1]], ("data", "fsdp"), ("fsdp",))
+  mesh = setup.eval_mesh([["data", -1], ["fsdp", 1]], ("data", "fsdp"), ("fsdp",))
   params = offline.load_params(export_dir, config, mesh, [[".*", "auto"]], ("fsdp",))
   model, bins, key = Pi0(config), 3, jax.random.key(7)
   out = jax.device_get(jax.jit(offline.make_eval_step(model, bins, num_steps=2))(params, batch, key))

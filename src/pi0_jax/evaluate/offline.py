@@ -404,18 +404,6 @@ def make_eval_step(model, num_bins: int, num_steps: int):
   return eval_step
 
 
-def build_mesh(axes: Sequence[Sequence[Any]], data_axes: Sequence[str], fsdp_axes: Sequence[str]):
-  """The run's mesh; when its sizes do not fit the devices here, all devices on the first data axis instead."""
-  from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
-  axes = [(str(a), int(s)) for a, s in axes]
-  try:
-    return sharding.make_mesh(axes)
-  except ValueError as e:
-    fallback = [(a, -1 if a == data_axes[0] else 1) for a, _ in axes]
-    log.warning("offline: the training mesh %s does not fit here (%s); using %s", axes, e, fallback)
-    return sharding.make_mesh(fallback)
-
-
 def load_params(export_dir: str, model_config, mesh, rules, fsdp_axes):
   """The export's params restored straight into the trainer's FSDP layout on `mesh` (any host count)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -481,13 +469,13 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
   from pi0_jax.data.tokenizer import PromptTokenizer  # pylint: disable=g-import-not-at-top
   from pi0_jax.evaluate import rollout  # pylint: disable=g-import-not-at-top
   from pi0_jax.model import Pi0, Pi0Config  # pylint: disable=g-import-not-at-top
-  from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from pi0_jax.train import setup, sharding  # pylint: disable=g-import-not-at-top
 
   train_data = dict(train_config.get("data") or {})
   data_axes = tuple(train_config.get("data_axes") or ("data",))
   fsdp_axes = tuple(train_config.get("fsdp_axes") or ())
   rules = train_config.get("sharding_rules") or [[".*", "auto"]]
-  mesh = build_mesh(mesh_axes or train_config.get("mesh") or [["data", -1]], data_axes, fsdp_axes)
+  mesh = setup.eval_mesh(mesh_axes or train_config.get("mesh") or [["data", -1]], data_axes, fsdp_axes)
   model_config = Pi0Config.from_dict(rollout.read_json(os.path.join(export_dir, "model_config.json"),
                                                        "model config")).replace(activation_batch_axes=data_axes)
   model = Pi0(model_config)
@@ -506,8 +494,7 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
 
   with jax.set_mesh(mesh):
     params = load_params(export_dir, model_config, mesh, rules, fsdp_axes)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  eval_step = jax.jit(make_eval_step(model, settings.num_bins, settings.num_steps), out_shardings=replicated)
+  eval_step = setup.jit_eval_step(make_eval_step(model, settings.num_bins, settings.num_steps), mesh)
   base_key = jax.random.key(settings.seed)
   def instruction_decoder(tasks: Sequence[str] | None):
     """Token ids -> instruction. Known Meta-World instructions (of `tasks`, else all) are matched by their exact,
@@ -578,6 +565,6 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
           "mesh": {k: int(v) for k, v in mesh.shape.items()}, "groups": results}
 
 
-__all__ = ["ActionStats", "ChunkMetrics", "EvalGroup", "OfflineSettings", "bin_draws", "bin_edges", "build_mesh",
+__all__ = ["ActionStats", "ChunkMetrics", "EvalGroup", "OfflineSettings", "bin_draws", "bin_edges",
            "default_data_dir", "eval_groups", "group_data_config", "load_params", "make_eval_step", "run_offline",
            "task_name"]

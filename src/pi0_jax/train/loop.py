@@ -44,6 +44,8 @@ def main(argv):
 def run(config, workdir: str, *, distributed: bool | None = None, stop_after: int | None = None) -> dict:
   """Trains per `config` in `workdir`; returns the last logged metrics."""
   # --- Setup -------------------------------------------------------------------------------------
+  from pi0_jax.train import validate
+  validate.check_config(config)  # Bad values: one message, before anything is built or compiled.
   from pi0_jax import logs
   logs.quiet_libraries()
   if distributed is None:

@@ -106,9 +106,9 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
 
   # --- Init or resume ----------------------------------------------------------------------------
   ckpts = checkpoint.Checkpoints(workdir, keep=int(config.keep_checkpoints), keep_every=int(config.keep_every))
-  start = ckpts.latest_step()
-  if start is not None:
-    state, meta = ckpts.restore(checkpoint.abstract_with_shardings(abstract_state, state_sh), start)
+  restored = ckpts.restore_latest_good(checkpoint.abstract_with_shardings(abstract_state, state_sh))
+  if restored is not None:  # Damaged newer checkpoints were moved aside (one log line each).
+    start, state, meta = restored
     train_data.restore(meta["data"])
     logging.info("resumed from step %d in %s", start, ckpts.directory)
   else:

@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_every = 0  # Also keep every M-th step (0: off).
   c.device_peak_flops = placeholder(float)  # Per device; None: a known accelerator's figure or a measured CPU matmul peak.
   c.distributed = False  # Call jax.distributed.initialize() (or set PI0_DISTRIBUTED=1).
+  # How hosts agree to stop after a SIGTERM (pi0_jax.train.preemption): "auto" (JAX's preemption sync point on
+  # TPU, an all-reduce of the local flags every log_every steps elsewhere), "sync_point" or "allreduce".
+  c.preemption_sync = "auto"
   return c
 
 

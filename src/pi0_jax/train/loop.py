@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -57,7 +56,7 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
 
   from pi0_jax import weights
   from pi0_jax.model import Pi0, Pi0Config
-  from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, sharding, step as step_lib
+  from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, preemption, sharding, step as step_lib
   from pi0_jax.data import pipeline
 
   is_main = jax.process_index() == 0
@@ -148,8 +147,8 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
 
   # --- Loop --------------------------------------------------------------------------------------
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  preempted = {"flag": False}
-  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.__setitem__("flag", True))
+  # SIGTERM: every process stops at the same step (agreed every log_every steps off TPU; see preemption).
+  stopper = preemption.StopAgreement(every=int(config.log_every), mode=config.get("preemption_sync", "auto")).start()
   progress = _progress(start, last_step, enabled=is_main)
   last_metrics, window_start, window_steps = {}, time.time(), 0
   step_now, batch_now = start, first
@@ -161,17 +160,21 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
         state, m = compiled(state, batch_now)
       step_now += 1
       window_steps += 1
-      stop = preempted["flag"] or step_now == last_step
+      stop = stopper.should_stop(step_now) or step_now == last_step  # should_stop first: called every step.
       save_now = stop or step_now % checkpoint_every == 0
       # The data position after this step's batch: taken before the next batch is fetched.
       data_state = train_data.state() if save_now else None
       if not stop:
         batch_now = train_data.next_batch()  # Host work that overlaps with the step running on the devices.
-      loss = float(m["loss"])  # Waits for the step; a non-finite loss must never reach a checkpoint.
-      if not math.isfinite(loss) or not math.isfinite(float(m["grad_norm"])):
-        raise FloatingPointError(
-            f"Non-finite loss {loss} (grad norm {float(m['grad_norm'])}) at step {step_now}; stopped without "
-            f"saving it. The last good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}.")
+      # The host waits for the device only here: the step refuses non-finite updates on the device and
+      # records the first such step in the state; it must never reach a checkpoint.
+      if save_now or step_now % log_every == 0:
+        bad_step = step_lib.first_nonfinite_step(state)
+        if bad_step:
+          raise FloatingPointError(
+              f"Non-finite loss or gradient at step {bad_step} (that update and later ones were refused); stopped "
+              f"at step {step_now} without saving. The last good checkpoint is step {ckpts.latest_step()} in "
+              f"{ckpts.directory}.")
       if save_now:
         ckpts.save(step_now, state, {"step": step_now, "data": data_state, "time": checkpoint.timestamp()})
       if step_now == crash_after:  # Fault injection: die like a lost machine, the last save maybe in flight.
@@ -190,9 +193,10 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
       if stop and step_now < last_step:  # SIGTERM arrived (and the checkpoint above was started).
         raise Preempted(step_now)
   except Preempted as e:
-    logging.warning("SIGTERM: saved a checkpoint at step %s and stopping.", e.args[0])
+    logging.warning("SIGTERM: saved a checkpoint at step %s (the step all processes agreed on) and stopping.",
+                    e.args[0])
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    stopper.close()
     progress.close()
     ckpts.close()  # Waits for the last async save.
     writer.close()

@@ -23,6 +23,9 @@ def config_problems(config) -> list[str]:
   ema = config.get("ema_decay")
   if ema is not None and not 0.0 <= float(ema) < 1.0:
     problems.append(f"config.ema_decay={ema!r}: expected a float in [0, 1), or None for no EMA.")
+  if config.get("preemption_sync", "auto") not in ("auto", "sync_point", "allreduce"):
+    problems.append(f"config.preemption_sync={config.get('preemption_sync')!r}: expected 'auto', 'sync_point' or "
+                    "'allreduce'.")
   problems += _mesh_problems(config.get("mesh"), config.get("data_axes"), config.get("fsdp_axes"))
   init = config.get("init") or {}
   if init.get("openpi_params"):

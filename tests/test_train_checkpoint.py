@@ -92,7 +92,8 @@ def _truncate_largest_array_file(step_dir):
 
 
 @pytest.mark.parametrize("damage, names", [
-    (_truncate_largest_array_file, r"file .*/checkpoints/2/state \(OCDBT entry w/\d+: array/chunk\): ValueError: OUT_OF_RANGE"),
+    (_truncate_largest_array_file,
+     r"file .*/checkpoints/2/state \(OCDBT entry w/\d+: array/chunk\): ValueError: OUT_OF_RANGE"),
     (lambda d: os.remove(os.path.join(d, "state", "_METADATA")), r"file .*/checkpoints/2/state/_METADATA: missing"),
     (lambda d: os.remove(os.path.join(d, "_CHECKPOINT_METADATA")), r"file .*/2/_CHECKPOINT_METADATA: missing"),
     (lambda d: shutil.rmtree(os.path.join(d, "meta")), r"file .*/checkpoints/2/meta/metadata: missing"),

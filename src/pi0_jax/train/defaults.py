@@ -37,7 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.keep_every = 0  # Also keep every M-th step (0: off).
-  c.device_peak_flops = placeholder(float)  # Per device; None: a known accelerator's figure or a measured CPU matmul peak.
+  # Per device; None: a known accelerator's figure or a measured CPU matmul peak.
+  c.device_peak_flops = placeholder(float)
   c.distributed = False  # Call jax.distributed.initialize() (or set PI0_DISTRIBUTED=1).
   # How hosts agree to stop after a SIGTERM (pi0_jax.train.preemption): "auto" (JAX's preemption sync point on
   # TPU, an all-reduce of the local flags every log_every steps elsewhere), "sync_point" or "allreduce".

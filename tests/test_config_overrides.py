@@ -92,6 +92,7 @@ def test_data_defaults_reach_the_pipeline_settings():
     ("--config.mesh=(('data', 0), ('fsdp', -1))", r"config.mesh=.*sizes must be integers >= 1"),
     ("--config.mesh=(('x', 2), ('fsdp', -1))", r"config.data_axes=\('data', 'fsdp'\) names \['data'\]"),
     ("--config.init.openpi_params=/ckpt/pi0_base", r"openpi_params='/ckpt/pi0_base': .*not supported yet"),
+    ("--config.preemption_sync=never", r"config.preemption_sync='never': expected 'auto', 'sync_point' or"),
 ])
 def test_bad_values_are_refused_before_anything_is_built(override, message, tmp_path):
   from pi0_jax.train import loop

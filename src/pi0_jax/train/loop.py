@@ -52,11 +52,15 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   import jax
   if distributed:
     initialize_distributed()
+  from pi0_jax.train import preemption
+  # Right after jax.distributed.initialize() (whose own SIGTERM notifier this replaces, off TPU): a SIGTERM
+  # during data setup or compilation is held too, and every process stops at the first step they agree on.
+  stopper = preemption.StopAgreement(every=int(config.log_every), mode=config.get("preemption_sync", "auto")).start()
   from etils import epath
 
   from pi0_jax import weights
   from pi0_jax.model import Pi0, Pi0Config
-  from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, preemption, sharding, step as step_lib
+  from pi0_jax.train import checkpoint, metrics as metrics_lib, optimizer, sharding, step as step_lib
   from pi0_jax.data import pipeline
 
   is_main = jax.process_index() == 0
@@ -127,6 +131,7 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   if start >= last_step:
     logging.info("nothing to do: the checkpoint is at step %d and the run ends at step %d.", start, last_step)
     ckpts.close()
+    stopper.close()
     return {"step": start}
 
   # --- Compile -----------------------------------------------------------------------------------
@@ -147,8 +152,6 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
 
   # --- Loop --------------------------------------------------------------------------------------
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  # SIGTERM: every process stops at the same step (agreed every log_every steps off TPU; see preemption).
-  stopper = preemption.StopAgreement(every=int(config.log_every), mode=config.get("preemption_sync", "auto")).start()
   progress = _progress(start, last_step, enabled=is_main)
   last_metrics, window_start, window_steps = {}, time.time(), 0
   step_now, batch_now = start, first

@@ -123,3 +123,13 @@ def test_no_restorable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint under .* restores: steps \[2, 1\] are damaged"):
     checkpoint.Checkpoints(str(tmp_path)).restore_latest_good(abstract)
   assert checkpoint.Checkpoints(str(tmp_path)).restore_latest_good(abstract) is None  # Both were moved aside.
+
+
+def test_a_checkpoint_of_another_config_is_an_error_and_stays(tmp_path):
+  """Not damage: a state tree that differs (EMA switched on, another model) is named and left in place."""
+  abstract, _ = _two_checkpoints(tmp_path)
+  other = {**abstract, "ema_w": abstract["w"]}
+  with pytest.raises(ValueError, match=r"step 2 .* holds another train state than this config builds \(not saved: "
+                                       r"\[\"\['ema_w'\]\"\]\)"):
+    checkpoint.Checkpoints(str(tmp_path)).restore_latest_good(other)
+  assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["1", "2"]

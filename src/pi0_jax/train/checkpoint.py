@@ -76,12 +76,18 @@ class Checkpoints:
     """
     damaged = []
     while (step := self.latest_step()) is not None:
+      mismatch = None
       try:
         problem = self._missing_file(step)
         if problem is None:
-          state, meta = self.restore(abstract_state, step)
+          mismatch = _structure_mismatch(epath.Path(self.directory, str(step), "state"), abstract_state)
+          if mismatch is None:
+            state, meta = self.restore(abstract_state, step)
       except Exception as e:  # pylint: disable=broad-except
         problem = _describe(e, os.path.join(self.directory, str(step)))
+      if problem is None and mismatch is not None:  # Another config, not damage: leave the checkpoint in place.
+        raise ValueError(f"Checkpoint step {step} in {self.directory} holds another train state than this config "
+                         f"builds ({mismatch}). Resume with the config it was written with, or use a new workdir.")
       if not _any_process(problem is not None):
         return step, state, meta
       problem = problem or "failed on another process"
@@ -138,6 +144,21 @@ def abstract_with_shardings(tree, shardings):
 
 def timestamp() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _structure_mismatch(state_dir: epath.Path, abstract_state: dict) -> str | None:
+  """How the arrays saved in `state_dir` differ from `abstract_state` (paths and shapes), or None."""
+  with ocp.StandardCheckpointer() as reader:
+    saved = reader.metadata(state_dir).item_metadata
+  have, want = ({jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+                for tree in (saved, abstract_state))
+  if have == want:
+    return None
+  missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+  shapes = [f"{k}: saved {have[k]}, wanted {want[k]}" for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
+  parts = [f"{what} {items[:4]}{' ...' if len(items) > 4 else ''}" for what, items in
+           (("not saved:", missing), ("not expected:", extra), ("other shapes:", shapes)) if items]
+  return "; ".join(parts)
 
 
 def _describe(error: BaseException, step_dir: str) -> str:

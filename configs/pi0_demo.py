@@ -23,8 +23,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.ema_decay = None
   c.log_every = 25
   c.checkpoint_every = 250
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = defaults.data_config(
       datasets=[dict(name="metaworld_ml10_train", dir=f"{args.get('data_dir', 'data/metaworld')}/metaworld_ml10_train")],
       shuffle_buffer=2000, augment=True, norm_mode="zscore", num_parallel_calls=2,
-      tokenizer=f"{args.get('data_dir', 'data/metaworld')}/tokenizer.model"))
+      tokenizer=f"{args.get('data_dir', 'data/metaworld')}/tokenizer.model")
   return c

@@ -31,9 +31,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.distributed = True
   c.init.paligemma_npz = args.get("paligemma")
   data_dir = args.get("data_dir", "gs://your-bucket/rlds")
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = defaults.data_config(
       # n^0.43 weights by default; give `weight` to override a dataset's.
       datasets=[dict(name=name, data_dir=data_dir) for name in ("metaworld_ml10_train",)],
       shuffle_buffer=250_000, augment=True, norm_mode="zscore", num_parallel_calls=64,
-      tokenizer=args.get("tokenizer", "paligemma_tokenizer.model")))
+      tokenizer=args.get("tokenizer", "paligemma_tokenizer.model"))
   return c

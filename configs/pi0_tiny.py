@@ -28,8 +28,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every = 5
   dataset = args.get("dataset", "")
   name = args.get("name") or (os.path.basename(os.path.dirname(dataset.rstrip("/"))) if dataset else "dataset")
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = defaults.data_config(
       datasets=[dict(name=name, dir=dataset, spec=args.get("spec", "metaworld_ml10_train"))],
       shuffle_buffer=64, augment=True, num_parallel_calls=1, prefetch_batches=1,
-      tokenizer=args.get("tokenizer"), stats_dir=args.get("stats_dir"), host_split="episodes"))
+      tokenizer=args.get("tokenizer"), stats_dir=args.get("stats_dir"), host_split="episodes")
   return c

@@ -7,6 +7,7 @@ tests/train_launcher.py, which adds test hooks (batch fingerprints, a SIGKILL af
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,15 +152,26 @@ def _in_process_config(data, **overrides):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+  """The step refuses non-finite updates on the device; the loop reads that only at log/checkpoint steps."""
   from pi0_jax.train import loop
-  config = _in_process_config(data, **{"total_steps": 5, "checkpoint_every": 1, "optimizer.peak_lr": 1e30,
-                                       "optimizer.warmup_steps": 0})
-  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step (\d+).*last good checkpoint is step"):
-    loop.run(config, str(tmp_path))
-  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-  rows = _metrics(str(tmp_path))
-  assert steps and all(np.isfinite(rows[s]["loss"]) for s in steps)
-  assert max(steps) == max(rows)  # Every finite step was saved; the non-finite one was not.
+  first_bad = {}
+  for every in (1, 3):  # Read every step, then every third step only: the same first bad step is named.
+    config = _in_process_config(data, **{"total_steps": 6, "checkpoint_every": every, "log_every": every,
+                                         "optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0})
+    workdir = tmp_path / f"every_{every}"
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step (\d+).*stopped at step (\d+) without "
+                                                 r"saving.*last good checkpoint is step") as e:
+      loop.run(config, str(workdir))
+    bad, stopped = map(int, re.search(r"at step (\d+) .*stopped at step (\d+)", str(e.value)).groups())
+    first_bad[every] = bad
+    assert stopped == every * -(-bad // every)  # The first log/checkpoint step at or after it.
+    steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    rows = _metrics(str(workdir))
+    assert all(s < bad for s in steps) and max(rows, default=0) < bad
+    assert all(np.isfinite(row["loss"]) for row in rows.values())
+    if every == 1:
+      assert steps and max(steps) == max(rows) == bad - 1  # Every finite step was saved; the non-finite one not.
+  assert first_bad[1] == first_bad[3]
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -8,9 +8,7 @@ every host of a TPU pod (each host runs the same command).
 from __future__ import annotations
 
 import json
-import math
 import os
-import signal
 import sys
 import time
 
@@ -51,8 +49,14 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
         hooks: Hooks | None = None) -> dict:
   """Trains per `config` in `workdir`; returns the last logged metrics."""
   # --- Setup -------------------------------------------------------------------------------------
+  from pi0_jax.train import validate
+  validate.check_config(config)  # Bad values: one message, before anything is built or compiled.
   workdir = _start(config, workdir, distributed)
   import jax
+  from pi0_jax.train import preemption
+  # Right after jax.distributed.initialize() (whose own SIGTERM notifier this replaces, off TPU): a SIGTERM
+  # during data setup or compilation is held too, and every process stops at the first step they agree on.
+  stopper = preemption.StopAgreement(every=int(config.log_every), mode=config.get("preemption_sync", "auto")).start()
   from pi0_jax.data import pipeline
   from pi0_jax.train import checkpoint, setup
 
@@ -76,6 +80,7 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   if start >= last_step:
     logging.info("nothing to do: the checkpoint is at step %d and the run ends at step %d.", start, last_step)
     ckpts.close()
+    stopper.close()
     return {"step": start}
 
   # --- Step --------------------------------------------------------------------------------------
@@ -83,7 +88,7 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   compiled, flops = _compile(ts, state, first)
 
   # --- Loop --------------------------------------------------------------------------------------
-  return _train(config, workdir, ts, compiled, flops, state, first, train_data, ckpts, start, last_step,
+  return _train(config, workdir, ts, compiled, flops, state, first, train_data, ckpts, stopper, start, last_step,
                 hooks or Hooks())
 
 
@@ -113,9 +118,9 @@ def _init_or_resume(config, ts, ckpts, train_data) -> tuple[dict, int]:
   import jax
   from pi0_jax import weights
 
-  start = ckpts.latest_step()
-  if start is not None:
-    state, meta = ckpts.restore(ts.abstract_state, start)
+  restored = ckpts.restore_latest_good(ts.abstract_state)
+  if restored is not None:  # Damaged newer checkpoints were moved aside (one log line each).
+    start, state, meta = restored
     train_data.restore(meta["data"])
     logging.info("resumed from step %d in %s", start, ckpts.directory)
     return state, start
@@ -143,8 +148,8 @@ def _compile(ts, state, batch):
   return compiled, metrics_lib.jaxpr_matmul_flops(traced.jaxpr)
 
 
-def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, ckpts, start: int, last_step: int,
-           hooks: Hooks) -> dict:
+def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, ckpts, stopper, start: int,
+           last_step: int, hooks: Hooks) -> dict:
   """Steps from `start` to `last_step`: checkpoints, SIGTERM, non-finite losses, metrics; returns the last."""
   import jax
   from etils import epath
@@ -155,8 +160,6 @@ def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, c
   # Simulated CPU devices share the host's cores: the measured peak is the whole host's.
   total_peak = peak if jax.devices()[0].platform == "cpu" else peak * jax.device_count()
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  preempted = {"flag": False}
-  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.__setitem__("flag", True))
   progress = _progress(start, last_step, enabled=is_main)
   last_metrics, window_start, window_steps = {}, time.time(), 0
   step_now = start
@@ -168,13 +171,14 @@ def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, c
         state, m = compiled(state, batch)
       step_now += 1
       window_steps += 1
-      stop = preempted["flag"] or step_now == last_step
+      stop = stopper.should_stop(step_now) or step_now == last_step  # should_stop first: called every step.
       save_now = stop or step_now % checkpoint_every == 0
       # The data position after this step's batch: taken before the next batch is fetched.
       data_state = train_data.state() if save_now else None
       if not stop:
         batch_now = train_data.next_batch()  # Host work that overlaps with the step running on the devices.
-      _check_finite(m, step_now, ckpts)  # Waits for the step; a non-finite loss must never reach a checkpoint.
+      if save_now or step_now % log_every == 0:
+        _check_finite(state, step_now, ckpts)  # The host waits for the device only at these steps.
       if save_now:
         ckpts.save(step_now, state, {"step": step_now, "data": data_state, "time": checkpoint.timestamp()})
       hooks.on_step(step_now, batch, state)
@@ -186,9 +190,10 @@ def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, c
       if stop and step_now < last_step:  # SIGTERM arrived (and the checkpoint above was started).
         raise Preempted(step_now)
   except Preempted as e:
-    logging.warning("SIGTERM: saved a checkpoint at step %s and stopping.", e.args[0])
+    logging.warning("SIGTERM: saved a checkpoint at step %s (the step all processes agreed on) and stopping.",
+                    e.args[0])
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    stopper.close()
     progress.close()
     ckpts.close()  # Waits for the last async save.
     writer.close()
@@ -198,12 +203,16 @@ def _train(config, workdir, ts, compiled, flops, state, batch_now, train_data, c
   return last_metrics
 
 
-def _check_finite(m: dict, step: int, ckpts) -> None:
-  loss = float(m["loss"])
-  if not math.isfinite(loss) or not math.isfinite(float(m["grad_norm"])):
+def _check_finite(state: dict, step: int, ckpts) -> None:
+  """The step refuses non-finite updates on the device and records the first such step in the state; a refused
+  update must never reach a checkpoint."""
+  from pi0_jax.train import step as step_lib
+  bad_step = step_lib.first_nonfinite_step(state)
+  if bad_step:
     raise FloatingPointError(
-        f"Non-finite loss {loss} (grad norm {float(m['grad_norm'])}) at step {step}; stopped without "
-        f"saving it. The last good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}.")
+        f"Non-finite loss or gradient at step {bad_step} (that update and later ones were refused); stopped "
+        f"at step {step} without saving. The last good checkpoint is step {ckpts.latest_step()} in "
+        f"{ckpts.directory}.")
 
 
 def _log(writer, progress, step: int, m: dict, dt: float, batch: int, flops: float, total_peak: float) -> dict:

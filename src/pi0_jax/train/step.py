@@ -6,6 +6,9 @@ The state is a plain dict, which is also what checkpoints hold:
   opt_state   optax state
   ema_params  the pi0 tree      only when EMA is on
   rng         uint32 [2]        base key; step s uses fold_in(rng, s)
+  nonfinite_step  int32 []      0, or the first step whose loss or gradient was not finite: that update and
+                                all later ones are refused on the device (the state stays the last good one),
+                                so the host need not read the loss every step (see first_nonfinite_step)
 
 A batch is the input pipeline's dict: observation (Observation), actions [B, H, A],
 action_pad_mask bool [B, H], action_dim_mask bool [B, A]; optionally noise [B, H, A] and time [B], fixed
@@ -34,7 +37,7 @@ def init_state(model: Pi0, tx: optax.GradientTransformation, rng, *, ema: bool, 
     params = model.init(init_rng, Observation.fake(cfg, 1), jnp.zeros((1, cfg.action_horizon, cfg.action_dim)))["params"]
   # Raw key data, so checkpoints hold a plain uint32 array.
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-           "rng": jax.random.key_data(state_rng)}
+           "rng": jax.random.key_data(state_rng), "nonfinite_step": jnp.zeros((), jnp.int32)}
   if ema:
     state["ema_params"] = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
   return state
@@ -96,6 +99,21 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
         "learning_rate": schedule(state["step"]),
         "valid_action_steps": num_valid,
     }
-    return new_state, metrics
+    return refuse_nonfinite(state, new_state, metrics["loss"], metrics["grad_norm"]), metrics
 
   return train_step
+
+
+def refuse_nonfinite(state: dict, new_state: dict, loss, grad_norm) -> dict:
+  """`new_state` if the loss and gradient are finite and no earlier step was refused; else the old state with
+  the first refused step recorded in `nonfinite_step`. On the device: no host sync."""
+  first = state["nonfinite_step"]
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (first == 0)
+  kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+  kept["nonfinite_step"] = jnp.where(ok | (first > 0), first, state["step"] + 1)
+  return kept
+
+
+def first_nonfinite_step(state: dict) -> int:
+  """0, or the first step whose update was refused (reading it waits for the step to finish)."""
+  return int(jax.device_get(state["nonfinite_step"]))

@@ -28,17 +28,9 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
-def batch_sharding(mesh, data_axes: Sequence[str]):
-  """Leading axis split over `data_axes` (the same layout as the trainer's batch sharding)."""
-  import jax
-  missing = [a for a in data_axes if a not in mesh.shape]
-  if missing:
-    raise ValueError(f"data axes {missing} are not axes of the mesh {dict(mesh.shape)}.")
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(data_axes)))
-
-
 def make_global_batch(host_batch: Any, mesh, data_axes: Sequence[str]) -> Any:
   """Every leaf of this process's batch [B_local, ...] -> a global jax.Array [B_local * processes, ...]."""
   import jax
+  from pi0_jax.train.sharding import batch_sharding  # pylint: disable=g-import-not-at-top
   sharding = batch_sharding(mesh, data_axes)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)

@@ -126,7 +126,10 @@ def tree_shardings(specs, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh, data_axes: Sequence[str]) -> NamedSharding:
-  """Leading (batch) dimension split over all data-parallel axes."""
+  """Leading (batch) dimension split over all data-parallel axes (the trainer's and the data pipeline's)."""
+  missing = [a for a in data_axes if a not in mesh.shape]
+  if missing:
+    raise ValueError(f"data axes {missing} are not axes of the mesh {dict(mesh.shape)}.")
   return NamedSharding(mesh, P(tuple(data_axes)))
 
 

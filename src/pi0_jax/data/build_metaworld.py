@@ -139,8 +139,7 @@ class _Rollout:
 
 def _rollout(env, policy, variant, options: BuildOptions, cameras: mw.Cameras | None = None) -> _Rollout:
   """Runs the scripted policy until `steps_after_success` steps past its first success, or max_steps."""
-  env.set_task(variant)
-  obs, _ = env.reset()
+  obs = mw.reset_to(env, variant)
   record, first_success, success = [], None, False
   with warnings.catch_warnings():
     # The scripted policies warn on every step whose raw response exceeds [-1, 1]; it is clipped below.

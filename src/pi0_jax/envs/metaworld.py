@@ -4,7 +4,7 @@
   variants       `variants(task, seed)`: the endless, seeded stream of a task's object and goal placements
                  (MT1 benchmarks of 50 each), goal visible in the observation or, with goal_visible=False,
                  zeroed as in Meta-World's ML benchmarks
-  environments   `make_env(task)`, set to a variant with env.set_task(variant) then env.reset()
+  environments   `make_env(task)`; `reset_to(env, variant)` starts an episode on a variant
   experts        `expert_policy(task)`: Meta-World's scripted policy (it needs the goal in the observation)
   cameras        `Cameras`: square offscreen frames, right side up, with the settings of `RenderOptions`
   per process    `process_env(task, render, variant)`: one env with its cameras, kept while the task stays
@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = ["ACTION_DIM", "CAMERAS", "Cameras", "ENV_STATE_DIM", "ML10_TEST_TASKS", "ML10_TRAIN_TASKS",
            "RenderOptions", "STATE_DIM", "TASK_INSTRUCTIONS", "close_process_env", "expert_policy", "make_env",
-           "process_env", "variants"]
+           "process_env", "reset_to", "variants"]
 
 ML10_TRAIN_TASKS = (
     "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3", "button-press-topdown-v3",
@@ -102,10 +102,22 @@ def _check_task(task: str):
 
 
 def make_env(task: str):
-  """A fresh Meta-World env of `task`; give it a variant with env.set_task(variant), then env.reset()."""
+  """A fresh Meta-World env of `task`; start each episode with `reset_to(env, variant)`."""
   import metaworld  # pylint: disable=g-import-not-at-top
   _check_task(task)
   return metaworld.env_dict.ALL_V3_ENVIRONMENTS[task]()
+
+
+def reset_to(env, variant) -> np.ndarray:
+  """Sets `env` to a variant and resets it; returns the first observation [ENV_STATE_DIM].
+
+  Any variant, goal visible or hidden, after any other: Meta-World 3.1's set_task deletes the env's cached
+  observation space when the visibility changes, and fails when it was never computed, so it is computed first.
+  """
+  env.sawyer_observation_space  # pylint: disable=pointless-statement
+  env.set_task(variant)
+  obs, _ = env.reset()
+  return obs
 
 
 def expert_policy(task: str):
@@ -211,13 +223,12 @@ def process_env(task: str, render: RenderOptions, variant) -> tuple[Any, Cameras
   """(env, cameras [scene, wrist]) of this process for `task`, made on first use and kept across episodes.
 
   A new task or new camera settings replace them. `variant` sets up a new env (the cameras' orientation test
-  runs a forward pass, which needs a reset env); each episode still calls env.set_task and env.reset itself.
+  runs a forward pass, which needs a reset env); each episode still starts with `reset_to` itself.
   """
   if _PROCESS_ENV.get("key") != (task, render):
     close_process_env()
     env = make_env(task)
-    env.set_task(variant)
-    env.reset()
+    reset_to(env, variant)
     cameras = Cameras(env.model, env.data, (render.scene_camera, render.wrist_camera), render.image_size,
                       render.antialias_samples)
     _PROCESS_ENV.update(key=(task, render), env=env, cameras=cameras)

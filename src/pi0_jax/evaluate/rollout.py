@@ -204,8 +204,7 @@ def first_observation(task: str, seed: int, episode: int, render: mw.RenderOptio
   """
   variant_seed, variant_index, variant = _variant(task, seed, episode)
   env, cameras = mw.process_env(task, render, variant)
-  env.set_task(variant)
-  obs, _ = env.reset()
+  obs = mw.reset_to(env, variant)
   out = _observation(cameras.render(env.data), obs, (SCENE_KEY, WRIST_KEY), mw.TASK_INSTRUCTIONS[task])
   return {**out, "variant_seed": int(variant_seed), "variant_index": int(variant_index)}
 
@@ -229,8 +228,7 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
   record_gif = job.episode < settings.gifs
   instruction = mw.TASK_INSTRUCTIONS[job.task]
 
-  env.set_task(variant)
-  obs, _ = env.reset()
+  obs = mw.reset_to(env, variant)
   chunk, position = None, 0
   success, first_success, total_reward, infer_ms, gif = False, None, 0.0, [], []
   steps = min(settings.max_steps, env.max_path_length)

@@ -34,8 +34,8 @@ import numpy as np
 
 from pi0_jax import files
 
-__all__ = ["DTYPES", "FORMAT", "export", "git_commit", "load_params", "load_train_config", "norm_stats_entry", "params_dir",
-           "read_export_json", "read_export_metadata", "restore_params"]
+__all__ = ["DTYPES", "FORMAT", "export", "git_commit", "load_params", "load_train_config", "norm_stats_entry",
+           "params_dir", "read_export_json", "read_export_metadata", "restore_params"]
 
 FORMAT = 1  # Bump when the layout of an export directory changes; pi0_jax.policy checks it.
 DTYPES = ("float32", "bfloat16")

@@ -87,8 +87,7 @@ class BuildOptions:
   def __post_init__(self):
     if self.episodes_per_task < 1:
       raise ValueError(f"episodes_per_task: expected >= 1, got {self.episodes_per_task}")
-    if not 1 <= self.max_steps <= 500:
-      raise ValueError(f"max_steps: expected 1..500 (Meta-World's episode limit), got {self.max_steps}")
+    mw.check_max_steps(self.max_steps)
     if self.steps_after_success < 0:
       raise ValueError(f"steps_after_success: expected >= 0, got {self.steps_after_success}")
     if not 0.0 <= self.val_fraction < 1.0:

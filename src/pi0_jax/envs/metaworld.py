@@ -35,8 +35,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 __all__ = ["ACTION_DIM", "CAMERAS", "Cameras", "ENV_STATE_DIM", "ML10_TEST_TASKS", "ML10_TRAIN_TASKS",
-           "RenderOptions", "STATE_DIM", "TASK_INSTRUCTIONS", "close_process_env", "expert_policy", "make_env",
-           "process_env", "reset_to", "variants"]
+           "MAX_EPISODE_STEPS", "RenderOptions", "STATE_DIM", "TASK_INSTRUCTIONS", "check_max_steps",
+           "close_process_env", "expert_policy", "make_env", "process_env", "reset_to", "variants"]
 
 ML10_TRAIN_TASKS = (
     "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3", "button-press-topdown-v3",
@@ -66,6 +66,7 @@ CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper"
 STATE_DIM = 4  # obs[:4]: hand xyz + gripper opening.
 ENV_STATE_DIM = 39  # The full observation; its last 3 entries are the goal (zero when hidden).
 ACTION_DIM = 4
+MAX_EPISODE_STEPS = 500  # Meta-World's episode limit (env.max_path_length).
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,6 +94,11 @@ def _hide_goal(variant):
   data = pickle.loads(variant.data)
   data["partially_observable"] = True
   return variant._replace(data=pickle.dumps(data))
+
+
+def check_max_steps(max_steps: int) -> None:
+  if not 1 <= max_steps <= MAX_EPISODE_STEPS:
+    raise ValueError(f"max_steps: expected 1..{MAX_EPISODE_STEPS} (Meta-World's episode limit), got {max_steps}")
 
 
 def _check_task(task: str):

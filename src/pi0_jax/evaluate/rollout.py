@@ -89,8 +89,7 @@ class RolloutSettings:
       raise ValueError(f"episodes_per_task: expected >= 1, got {self.episodes_per_task}")
     if self.replan_every < 1:
       raise ValueError(f"replan_every: expected >= 1, got {self.replan_every}")
-    if not 1 <= self.max_steps <= 500:
-      raise ValueError(f"max_steps: expected 1..500 (Meta-World's episode limit), got {self.max_steps}")
+    mw.check_max_steps(self.max_steps)
     if self.num_steps < 1:
       raise ValueError(f"num_steps: expected >= 1 Euler step, got {self.num_steps}")
     if self.gifs < 0:

@@ -19,6 +19,10 @@ restore: the optimizer state (twice the params for AdamW) is never touched. Arra
 arrays, cast to --dtype while reading, so an export runs on any device count or platform, whatever mesh the run
 trained on. The names and shapes are checked against the model config before a byte of array data is read.
 The largest model (pi0, 3.3B parameters) needs its params once in host memory: 13 GB in float32.
+
+Reading back: `load_params(params_dir(export_dir), config, mesh=... | device=...)` is the one reader of params
+checkpoints (pi0_jax.policy, the offline evaluation and this export use it), and `read_export_json` /
+`norm_stats_entry` read the JSON files with one clear error each.
 """
 
 from __future__ import annotations

@@ -76,6 +76,33 @@ def find_build_reports(train_data: dict, *, data_dir: str | None, heldout: Seque
   return reports
 
 
+def _rollout_rendering(train_data: dict, data_dir: str | None, heldout: Sequence[str] | None, env_seed: int):
+  """(camera settings, the dataset they come from, the demo build seeds) for the rollouts, checked.
+
+  The cameras must be those of every dataset's build report, and env_seed none of their build seeds.
+  """
+  from pi0_jax.envs import metaworld as mw  # pylint: disable=g-import-not-at-top
+  reports = find_build_reports(train_data, data_dir=data_dir, heldout=heldout)
+  train_names = [s["name"] for s in train_data["datasets"]]
+  render_from = next((n for n in train_names if n in reports), None)
+  if render_from is None:
+    raise FileNotFoundError(
+        f"closed loop: no build_report.json (pi0_jax.data.build_metaworld) found for the training datasets "
+        f"{train_names}; it fixes the cameras and image size the rollouts must render with. Point --data_dir at "
+        "the folder holding the Meta-World datasets, or pass --skip_closed_loop.")
+  render = mw.RenderOptions.from_build_options(reports[render_from]["options"])
+  for name, r in reports.items():
+    other = mw.RenderOptions.from_build_options(r["options"])
+    if other != render:
+      raise ValueError(f"closed loop: dataset {name!r} was rendered with {other}, but {render_from!r} with "
+                       f"{render}; the rollouts can match only one")
+  demo_seeds = sorted({int(r["options"]["seed"]) for r in reports.values()})
+  if env_seed in demo_seeds:
+    raise ValueError(f"env_seed {env_seed}: the demo datasets were built with variant seeds {demo_seeds}; "
+                     "evaluate on other variants (another --env_seed)")
+  return render, render_from, demo_seeds
+
+
 def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_batch_size: int | None = None,
              t_bins: int = 10, examples: int = 4, episodes_per_task: int = 10, tasks: Sequence[str] | None = None,
              replan_every: int = 5, max_steps: int = 500, num_steps: int = 10, gifs: int = 0,
@@ -122,24 +149,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
   # --- Closed loop (first: its workers may need the accelerator this process has not touched yet) ---------
   if not skip_closed_loop and is_main:
     start = time.time()
-    reports = find_build_reports(train_data, data_dir=data_dir, heldout=heldout_datasets)
-    train_names = [s["name"] for s in train_data["datasets"]]
-    render_from = next((n for n in train_names if n in reports), None)
-    if render_from is None:
-      raise FileNotFoundError(
-          f"closed loop: no build_report.json (pi0_jax.data.build_metaworld) found for the training datasets "
-          f"{train_names}; it fixes the cameras and image size the rollouts must render with. Point --data_dir at "
-          "the folder holding the Meta-World datasets, or pass --skip_closed_loop.")
-    render = mw.RenderOptions.from_build_options(reports[render_from]["options"])
-    for name, r in reports.items():
-      other = mw.RenderOptions.from_build_options(r["options"])
-      if other != render:
-        raise ValueError(f"closed loop: dataset {name!r} was rendered with {other}, but {render_from!r} with "
-                         f"{render}; the rollouts can match only one")
-    demo_seeds = sorted({int(r["options"]["seed"]) for r in reports.values()})
-    if env_seed in demo_seeds:
-      raise ValueError(f"env_seed {env_seed}: the demo datasets were built with variant seeds {demo_seeds}; "
-                       "evaluate on other variants (another --env_seed)")
+    render, render_from, demo_seeds = _rollout_rendering(train_data, data_dir, heldout_datasets, env_seed)
     chosen = tuple(tasks) if tasks else mw.ML10_TRAIN_TASKS + mw.ML10_TEST_TASKS
     settings = rollout.RolloutSettings(
         export_dir=checkpoint, tasks=chosen, episodes_per_task=episodes_per_task, replan_every=replan_every,

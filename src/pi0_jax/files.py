@@ -1,4 +1,4 @@
-"""JSON files read and written through etils.epath, so local paths and bucket URLs (gs://) work alike.
+"""JSON files read and written through etils.epath, which opens local paths and bucket URLs (gs://) alike.
 
 Every reader of the project's small JSON files (export metadata, model configs, norm statistics, build
 reports) goes through `read_json`: a missing or malformed file is one clear error naming the file and what it

@@ -459,9 +459,9 @@ def _batch_size(settings: OfflineSettings, train_config: Mapping, mesh, data_axe
   return batch
 
 
-def _group_data(group: EvalGroup, cfg: dict, model_config, settings: OfflineSettings, *, batch: int, mesh,
+def _group_data(cfg: dict, model_config, settings: OfflineSettings, *, batch: int, mesh,
                 data_axes: Sequence[str]) -> tuple[Any, dict]:
-  """The eval pipeline of one group, with its frame budget spread over every episode, and its sizes.
+  """The eval pipeline of one group's data config, its frame budget spread over every episode, and its sizes.
 
   Plans first (every check, and the episode lengths), then sizes the per-episode frame cap to the budget.
   """
@@ -540,7 +540,7 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
       files.write_json(norm_path, {"datasets": {s["name"]: group.norm_entry for s in group.sources}})
       cfg = group_data_config(group, train_data, tokenizer=tokenizer_path, norm_stats_path=norm_path,
                               settings=settings, max_frames=None)
-      data, sizes = _group_data(group, cfg, model_config, settings, batch=batch, mesh=mesh, data_axes=data_axes)
+      data, sizes = _group_data(cfg, model_config, settings, batch=batch, mesh=mesh, data_axes=data_axes)
       # Known Meta-World instructions (of the group's tasks, else all) are recognised even when cut at
       # max_token_len; other prompts are decoded.
       known = [mw.TASK_INSTRUCTIONS[t] for t in (group.tasks or mw.TASK_INSTRUCTIONS) if t in mw.TASK_INSTRUCTIONS]

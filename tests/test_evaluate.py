@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pi0_jax.data import build_metaworld as bm
+from pi0_jax.envs import metaworld as mw
 from pi0_jax.data import stats as stats_lib
 from pi0_jax.evaluate import offline, report as report_lib, rollout
 
@@ -46,7 +47,7 @@ def trained(tmp_path_factory):
   data_dir = str(root / "mw")
   reports = bm.build(data_dir, "both", episodes_per_task=2, image_size=SIZE, tasks=[TRAIN_TASK, HELDOUT_TASK])
   tokenizer = str(root / "tokenizer.model")
-  tokenizer_lib.train_tokenizer(bm.TASK_INSTRUCTIONS.values(), tokenizer, vocab_size=64)
+  tokenizer_lib.train_tokenizer(mw.TASK_INSTRUCTIONS.values(), tokenizer, vocab_size=64)
   stats_dir = str(root / "stats")
   config = _tiny_config(reports["metaworld_ml10_train"]["dir"], tokenizer, stats_dir)
   loop.run(config, str(root / "run"))
@@ -144,7 +145,7 @@ def test_offline_groups_shaped_and_finite(evaluated):
     assert len(g["loss_by_bin"]["edges"]) == 11 and len(g["loss_by_bin"]["loss"]) == 10
     assert all(v is not None and np.isfinite(v) and v >= 0 for v in g["loss_by_bin"]["loss"])
     assert g["loss"] == pytest.approx(np.mean(g["loss_by_bin"]["loss"]))
-    assert len(g["per_dim"]["mse"]) == bm.ACTION_DIM and len(g["per_step"]["mse"]) == 4
+    assert len(g["per_dim"]["mse"]) == mw.ACTION_DIM and len(g["per_step"]["mse"]) == 4
     for key in ("mse", "l1"):
       assert g[key] is not None and g[key] >= 0 and g["baseline"][key] is not None
     assert sum(t["frames"] for t in g["per_task"].values()) == g["frames"]
@@ -178,7 +179,7 @@ def test_cli_help_and_errors(tmp_path):
 
 def test_rollout_observation_matches_training_data(trained):
   report = trained["reports"]["metaworld_ml10_train"]
-  render = rollout.RenderOptions.from_build_options(report["options"])
+  render = mw.RenderOptions.from_build_options(report["options"])
   meta, first = _demo_episodes(report["dir"])[0]
   task = meta["task"].decode()
   # Under the demo build's seed, evaluation episode i is the builder's attempt i.
@@ -202,6 +203,7 @@ def test_rollout_observation_matches_training_data(trained):
 
 def test_eval_step_and_metrics_equal_numpy(trained):
   import jax
+  from pi0_jax import export
   from pi0_jax.data import pipeline
   from pi0_jax.model import Pi0, Pi0Config
   from pi0_jax.train import setup
@@ -223,7 +225,7 @@ def test_eval_step_and_metrics_equal_numpy(trained):
     config = Pi0Config.from_dict(json.load(f))
   batch = pipeline.make_eval_data(cfg, config, global_batch=8).next_host_batch()
   mesh = setup.eval_mesh([["data", -1], ["fsdp", 1]], ("data", "fsdp"), ("fsdp",))
-  params = offline.load_params(export_dir, config, mesh, [[".*", "auto"]], ("fsdp",))
+  params = export.load_params(export.params_dir(export_dir), config, mesh=mesh, fsdp_axes=("fsdp",))
   model, bins, key = Pi0(config), 3, jax.random.key(7)
   out = jax.device_get(jax.jit(offline.make_eval_step(model, bins, num_steps=2))(params, batch, key))
 
@@ -250,7 +252,7 @@ def test_eval_step_and_metrics_equal_numpy(trained):
   mask = np.broadcast_to(batch["action_pad_mask"][:, :, None], gt.shape) & batch["action_dim_mask"][:, None, :d]
   metrics = offline.ChunkMetrics(config.action_horizon, bins)
   metrics.add(pred=out["pred"], actions=batch["actions"], action_pad_mask=batch["action_pad_mask"],
-              action_dim_mask=batch["action_dim_mask"], instructions=[bm.TASK_INSTRUCTIONS[HELDOUT_TASK]] * 8,
+              action_dim_mask=batch["action_dim_mask"], instructions=[mw.TASK_INSTRUCTIONS[HELDOUT_TASK]] * 8,
               action_stats=[group.action_stats] * 8, loss_sums=out["loss_sums"])
   r = metrics.result()
   np.testing.assert_allclose(r["mse"], np.mean(((pr - gt)**2)[mask]), rtol=1e-5)

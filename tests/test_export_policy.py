@@ -24,7 +24,7 @@ from pi0_jax import export as export_lib
 from pi0_jax import weights
 from pi0_jax.data import tokenizer as tokenizer_lib
 from pi0_jax.model import Observation, Pi0, Pi0Config
-from pi0_jax.policy import Policy, resize_with_pad, to_model_images
+from pi0_jax.policy import Policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTRUCTIONS = ["push the puck", "open the drawer"]
@@ -328,17 +328,3 @@ def test_policy_picks_the_dataset_of_a_mixture(run, exported, tmp_path):
                            "prompt": "push the puck"})
   assert np.all(obs.state == 0) and obs.image_masks["left_wrist_0_rgb"].tolist() == [False]
   assert np.all(obs.images["left_wrist_0_rgb"] == 0)
-
-
-@pytest.mark.parametrize("size,target", [((480, 640), 32), ((480, 640), 224), ((37, 53), 32), ((100, 30), 224),
-                                         ((224, 224), 224), ((7, 300), 64), ((481, 641), 224)])
-def test_resize_with_pad_matches_tensorflow(size, target):
-  import tensorflow as tf
-  images = np.random.default_rng(sum(size)).integers(0, 256, (2, *size, 3), dtype=np.uint8)
-  ref = tf.image.resize_with_pad(tf.cast(images, tf.float32), target, target).numpy()
-  ours = resize_with_pad(images, target, target)
-  assert ours.shape == ref.shape == (2, target, target, 3) and ours.dtype == np.float32
-  np.testing.assert_allclose(ours, ref, atol=1e-3)
-  np.testing.assert_allclose(resize_with_pad(images[0], target, target), ref[0], atol=1e-3)
-  rounded = tf.cast(tf.round(tf.clip_by_value(ref, 0.0, 255.0)), tf.uint8).numpy()
-  assert np.abs(to_model_images(images, target).astype(int) - rounded).max() <= 1

@@ -124,3 +124,36 @@ def test_bad_arguments(tmp_path, model_path):
     tokenizer.PromptTokenizer(str(tmp_path / "missing.model"), max_len=8)
   with pytest.raises(ValueError, match="no non-empty sentence"):
     tokenizer.train_tokenizer(["  ", ""], None)
+
+
+def test_token_cache_tokenizes_each_prompt_once_and_checks_shapes(model_path):
+  tok = tokenizer.PromptTokenizer(model_path, max_len=16)
+  calls = []
+
+  def counting(prompt):
+    calls.append(prompt)
+    return tok.tokenize(prompt)
+
+  cache = tokenizer.TokenCache(counting, 16)
+  ids, masks = cache.batch(["open the door", b"open the door", "close the drawer", "open the door"])
+  assert ids.shape == masks.shape == (4, 16) and ids.dtype == np.int32 and masks.dtype == np.bool_
+  np.testing.assert_array_equal(ids[0], tok.tokenize("open the door")[0])
+  np.testing.assert_array_equal(ids[1], ids[0])  # UTF-8 bytes (as tf.data yields) are the same prompt.
+  assert sorted(calls) == ["close the drawer", "open the door", "open the door"]  # Once per distinct key.
+  with pytest.raises(ValueError, match=r"tokenizer returned shapes \(16,\), \(16,\) .* expected \(8,\)"):
+    tokenizer.TokenCache(tok, 8)("open the door")
+
+
+def test_decoder_names_known_prompts_even_when_cut(model_path):
+  tok = tokenizer.PromptTokenizer(model_path, max_len=5)
+  long_a, long_b = "pick up the puck and place it at the goal", "push the puck to the goal"
+  decode = tok.decoder([long_a, "open the door"])
+  ids, mask = tok.tokenize(long_a)
+  assert decode(ids, mask) == long_a  # Cut at 5 tokens, still recognised whole.
+  other_ids, other_mask = tok.tokenize(long_b)
+  assert decode(other_ids, other_mask) == tok.decode(other_ids[other_mask].tolist()).strip()  # Unknown: decoded.
+  # Two known prompts whose cut tokens collide cannot be told apart: both come back decoded.
+  same = tokenizer.PromptTokenizer(model_path, max_len=2)
+  both = same.decoder(["open the door", "open the drawer"])
+  ids, mask = same.tokenize("open the door")
+  assert both(ids, mask) == same.decode(ids[mask].tolist()).strip()

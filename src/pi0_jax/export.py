@@ -19,61 +19,44 @@ restore: the optimizer state (twice the params for AdamW) is never touched. Arra
 arrays, cast to --dtype while reading, so an export runs on any device count or platform, whatever mesh the run
 trained on. The names and shapes are checked against the model config before a byte of array data is read.
 The largest model (pi0, 3.3B parameters) needs its params once in host memory: 13 GB in float32.
+
+Reading back: `load_params(params_dir(export_dir), config, mesh=... | device=...)` is the one reader of params
+checkpoints (pi0_jax.policy, the offline evaluation and this export use it), and `read_export_json` /
+`norm_stats_entry` read the JSON files with one clear error each.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DTYPES", "FORMAT", "export", "git_commit", "load_train_config", "read_export_metadata"]
+from pi0_jax import files
+
+__all__ = ["DTYPES", "FORMAT", "export", "git_commit", "load_params", "load_train_config", "norm_stats_entry",
+           "params_dir", "read_export_json", "read_export_metadata", "restore_params"]
 
 FORMAT = 1  # Bump when the layout of an export directory changes; pi0_jax.policy checks it.
 DTYPES = ("float32", "bfloat16")
 PARAMS_KEYS = {False: "params", True: "ema_params"}
-
-
-def _read_json(path: str, what: str) -> Any:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{what}: {path} does not exist.")
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{what}: {path} is not valid JSON ({e}).") from None
-
-
-def _write_json(path: str, blob: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(blob, f, indent=2, sort_keys=True, default=_json_default)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def _json_default(x):
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, (tuple, set)):
-    return list(x)
-  return repr(x)
+EXPORT_HINT = "is the directory an export written by pi0_jax.export?"
+_EXPORT_FILES = {"metadata.json": "export metadata", "model_config.json": "model config",
+                 "norm_stats.json": "norm statistics"}
 
 
 def load_train_config(workdir: str) -> dict:
   """The run's config (`<workdir>/config.json`, written by the trainer) as a plain dict."""
-  return _read_json(os.path.join(workdir, "config.json"), "train config")
+  return files.read_json(os.path.join(workdir, "config.json"), "train config")
 
 
 def read_export_metadata(export_dir: str) -> dict:
   """`metadata.json` of an export directory."""
-  return _read_json(os.path.join(export_dir, "metadata.json"), "export metadata")
+  return read_export_json(export_dir, "metadata.json")
 
 
 def git_commit(path: str | None = None) -> tuple[str | None, bool | None]:
@@ -124,44 +107,113 @@ def _pick_step(directory: str, step: int | None) -> tuple[int, dict]:
   return step, meta
 
 
-def _state_tree_metadata(state_dir: str) -> dict:
+def _tree_metadata(path: str) -> dict:
+  """The tree of an Orbax PyTree checkpoint's metadata (names, shapes, dtypes): no array data is read."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if not files.exists(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint directory.")
   with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.metadata(state_dir).item_metadata
+    tree = ckptr.metadata(path).item_metadata
   if tree is None:
-    raise ValueError(f"{state_dir}: no Orbax tree metadata; expected a train state saved by pi0_jax.train.")
+    raise ValueError(f"{path}: no Orbax tree metadata; expected a PyTree checkpoint written by pi0_jax.")
   return dict(tree.tree if hasattr(tree, "tree") else tree)
 
 
-def restore_params(state_dir: str, model_config, *, ema: bool = False, dtype: str = "float32") -> dict:
-  """The params (or EMA params) subtree of a saved train state as host numpy arrays of `dtype`.
+def load_params(path: str, model_config, *, subtree: str | None = None, dtype: str | None = None, mesh=None,
+                rules: Sequence[Sequence[Any]] = ((".*", "auto"),), fsdp_axes: Sequence[str] = (), device=None,
+                note: str = "the params do not fit the model config") -> dict:
+  """The params tree in the Orbax checkpoint `path`, checked against `model_config` before any array is read.
 
-  A partial restore: only that subtree is read, never the optimizer state. Names and shapes are checked against
-  `model_config` (pi0_jax.weights.check_tree) from the metadata before any array data is read.
+  Placement: with `mesh`, sharded as the trainer shards them (pi0_jax.train.sharding.param_specs by `rules` and
+  `fsdp_axes`; each process reads only its shards, on any host count); else with `device`, whole on that device;
+  else host numpy arrays. `subtree` restores one top-level entry (a train state's "params") by a partial restore:
+  nothing else is read. `dtype` ("float32", "bfloat16") casts while reading; None keeps the stored dtype.
+  Every caller that reads params (export, Policy, offline evaluation) goes through here.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from pi0_jax import weights  # pylint: disable=g-import-not-at-top
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}.")
+  tree = _tree_metadata(path)
+  if subtree is not None:
+    if subtree not in tree:
+      raise ValueError(f"{path}: no {subtree!r} entry (it holds {sorted(tree)}).")
+    tree = dict(tree[subtree])
+  flat_meta = weights.flatten(tree)
+  abstract = weights.abstract_params(model_config)
+  weights.check_tree({k: tuple(v.shape) for k, v in flat_meta.items()},
+                     {k: tuple(v.shape) for k, v in weights.flatten(abstract).items()},
+                     f"{path} [{subtree}]" if subtree else path, note=note)
+  target = None if dtype is None else np.dtype(jnp.dtype(dtype))
+  if mesh is not None:
+    from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
+    specs = weights.flatten(sharding.param_specs(abstract, mesh, [tuple(r) for r in rules], fsdp_axes))
+    args = {k: ocp.ArrayRestoreArgs(sharding=jax.sharding.NamedSharding(mesh, specs[k]), dtype=target)
+            for k in flat_meta}
+  elif device is not None:
+    args = {k: ocp.ArrayRestoreArgs(sharding=jax.sharding.SingleDeviceSharding(device), dtype=target)
+            for k in flat_meta}
+  else:
+    args = {k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target) for k in flat_meta}
+  item, restore_args = weights.unflatten(flat_meta), weights.unflatten(args)
+  if subtree is not None:
+    item, restore_args = {subtree: item}, {subtree: restore_args}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                               partial_restore=subtree is not None))
+  return restored[subtree] if subtree is not None else restored
+
+
+def restore_params(state_dir: str, model_config, *, ema: bool = False, dtype: str = "float32") -> dict:
+  """The params (or EMA params) subtree of a saved train state as host numpy arrays of `dtype` (`load_params`)."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}.")
   key = PARAMS_KEYS[ema]
-  tree = _state_tree_metadata(state_dir)
-  if key not in tree:
-    if ema:
-      raise ValueError(f"--ema: the checkpoint {state_dir} has no EMA params (its state holds {sorted(tree)}); the run "
-                       "was trained without config.ema_decay. Export without --ema.")
-    raise ValueError(f"{state_dir}: the train state has no {key!r} (it holds {sorted(tree)}).")
-  flat_meta = weights.flatten(dict(tree[key]))
-  expected = {k: tuple(v.shape) for k, v in weights.flatten(weights.abstract_params(model_config)).items()}
-  weights.check_tree({k: tuple(v.shape) for k, v in flat_meta.items()}, expected, f"{state_dir} [{key}]",
+  if ema and key not in _tree_metadata(state_dir):
+    raise ValueError(f"--ema: the checkpoint {state_dir} has no EMA params (its state holds "
+                     f"{sorted(_tree_metadata(state_dir))}); the run was trained without config.ema_decay. "
+                     "Export without --ema.")
+  return load_params(state_dir, model_config, subtree=key, dtype=dtype,
                      note="the checkpoint does not fit the model config in the run's config.json")
-  target = np.dtype(jnp.dtype(dtype))
-  restore_args = weights.unflatten({k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=target) for k in flat_meta})
-  item = weights.unflatten(flat_meta)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(item={key: item}, restore_args={key: restore_args},
-                                                                   partial_restore=True))
-  return restored[key]
+
+
+def norm_stats_entry(norm_stats: Mapping[str, Any], dataset: str | None, *,
+                     metadata: Mapping[str, Any] | None = None, path: str = "norm_stats.json") -> tuple[str, dict]:
+  """(dataset name, its entry) of an export's norm_stats.json; the entry holds norm_stats, norm_mode, dims.
+
+  `dataset` None picks the only dataset; with several, naming one is required. A file in the single-dataset
+  form ({"norm_stats": ...}) is named after the one dataset in `metadata`, else "default".
+  """
+  per_dataset = dict(norm_stats.get("datasets") or {})
+  if not per_dataset:
+    if "norm_stats" not in norm_stats:
+      raise ValueError(f"{path}: expected {{'datasets': {{name: {{'norm_stats': ...}}}}}} or {{'norm_stats': ...}}, "
+                       f"found keys {sorted(norm_stats)}.")
+    names = [d.get("name") for d in (metadata or {}).get("datasets") or []]
+    per_dataset = {(names[0] if len(names) == 1 and names[0] else "default"): dict(norm_stats)}
+  if dataset is None:
+    if len(per_dataset) != 1:
+      raise ValueError(f"This export was trained on {len(per_dataset)} datasets; pass dataset= one of "
+                       f"{sorted(per_dataset)} (--dataset) to pick whose norm stats and camera layout to use.")
+    dataset = next(iter(per_dataset))
+  if dataset not in per_dataset:
+    raise ValueError(f"dataset {dataset!r}: {path} has no statistics for it; choices: {sorted(per_dataset)}.")
+  entry = per_dataset[dataset]
+  if "norm_stats" not in entry or not {"state", "actions"} <= set(entry["norm_stats"]):
+    raise ValueError(f"{path}: dataset {dataset!r} needs 'norm_stats' with 'state' and 'actions'.")
+  return dataset, dict(entry)
+
+
+def params_dir(export_dir: str) -> str:
+  """Where an export keeps its params checkpoint (pass it to `load_params`)."""
+  return os.path.join(export_dir, "params")
+
+
+def read_export_json(export_dir: str, name: str) -> Any:
+  """One of an export's JSON files (metadata.json, model_config.json, norm_stats.json), with a clear error."""
+  return files.read_json(os.path.join(export_dir, name), _EXPORT_FILES.get(name, name), EXPORT_HINT)
 
 
 def _tokenizer_path(workdir: str, train_config: dict) -> str:
@@ -235,7 +287,7 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
     raise ValueError(f"{os.path.join(workdir, 'config.json')}: no 'model' entry (the Pi0Config fields).")
   model_config = Pi0Config.from_dict(train_config["model"]).replace(activation_batch_axes=())
   norm_stats_path = os.path.join(workdir, "assets", "norm_stats.json")
-  norm_stats = _read_json(norm_stats_path, "norm statistics")
+  norm_stats = files.read_json(norm_stats_path, "norm statistics")
   tokenizer = _tokenizer_path(workdir, train_config)
   checkpoints = os.path.join(workdir, "checkpoints")
   step, meta = _pick_step(checkpoints, step)
@@ -251,7 +303,7 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
   params = restore_params(state_dir, model_config, ema=ema, dtype=dtype)
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.PyTreeCheckpointer() as ckptr:
-    ckptr.save(os.path.join(out, "params"), args=ocp.args.PyTreeSave(params), force=True)
+    ckptr.save(params_dir(out), args=ocp.args.PyTreeSave(params), force=True)
   datasets = _dataset_entries(train_config, norm_stats)
   if openpi_layout:
     weights.save_openpi_params(params, os.path.join(out, "openpi", "params"), force=True)
@@ -263,14 +315,14 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
       os.makedirs(asset_dir, exist_ok=True)
       spec_form = {key: {k: entry["norm_stats"][key][k] for k in ("mean", "std", "q01", "q99")}
                    for key in ("state", "actions")}
-      _write_json(os.path.join(asset_dir, "norm_stats.json"), {"norm_stats": spec_form})
+      files.write_json(os.path.join(asset_dir, "norm_stats.json"), {"norm_stats": spec_form})
   del params
 
-  _write_json(os.path.join(out, "model_config.json"), model_config.to_dict())
+  files.write_json(os.path.join(out, "model_config.json"), model_config.to_dict())
   shutil.copyfile(norm_stats_path, os.path.join(out, "norm_stats.json"))
   shutil.copyfile(tokenizer, os.path.join(out, "tokenizer.model"))
   commit, dirty = git_commit()
-  _write_json(os.path.join(out, "metadata.json"), {
+  files.write_json(os.path.join(out, "metadata.json"), {
       "format": FORMAT,
       "step": step,
       "ema": bool(ema),

@@ -14,21 +14,22 @@ What `infer` does is what the training pipeline (pi0_jax.data.pipeline) did to a
   images   each camera slot of the model is filled from the raw observation key the dataset's spec names
            (pi0_jax.data.specs; e.g. Meta-World: base_0_rgb <- "image", left_wrist_0_rgb <- "wrist_image");
            resized with padding to the model's resolution (bilinear, aspect kept, zero padding centred:
-           `resize_with_pad`, a numpy reimplementation of tf.image.resize_with_pad), rounded to uint8 as
+           pi0_jax.data.image_ops, a numpy reimplementation of tf.image.resize_with_pad), rounded to uint8 as
            the pipeline does, then mapped to [-1, 1]; slots the spec leaves empty are zeros and masked out
   state    normalised with the dataset's statistics and norm mode (dims the spec keeps raw pass through),
            then zero-padded to the model's action_dim
   prompt   tokenised in pi0's format (pi0_jax.data.tokenizer.PromptTokenizer) with the exported model
   actions  sampled by the flow (`num_steps` Euler steps), cut to the robot's action dims and unnormalised
 
-This module never imports TensorFlow: MuJoCo's EGL rendering crashes in a process that has, and evaluators run
+The module reads in three parts: loading an export (`Policy.load`), observation preparation (`prepare` and
+the functions before the class), and the inference core (`sample`, `infer`: one compiled sampler per input
+shape). This module never imports TensorFlow: MuJoCo's EGL rendering crashes in a process that has, and evaluators run
 the policy next to the simulator. The sampler is compiled ahead of time once per (batch size, num_steps) and
 cached, so a control loop with a fixed batch compiles once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -37,133 +38,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi0_jax import export as export_lib
 from pi0_jax.data import normalize as normalize_lib
+from pi0_jax.data.image_ops import resize_with_pad, to_model_images, to_model_range
+from pi0_jax.data.tokenizer import TokenCache
 from pi0_jax.model import Observation, Pi0, Pi0Config
 
 __all__ = ["Policy", "resize_with_pad", "to_model_images"]
 
 
-# --- Images ---------------------------------------------------------------------------------------------
-
-
-def _bilinear_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Source indices (lower, upper) and weights of one axis, as TF's half-pixel-centre bilinear kernel has them.
-
-  All in float32, in TF's order of operations: x_in = (x_out + 0.5) * (in / out) - 0.5, clamped at the edges.
-  """
-  scale = np.float32(in_size) / np.float32(out_size)
-  x = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-  floor = np.floor(x)
-  lower = np.maximum(floor, 0).astype(np.int64)
-  upper = np.minimum(np.ceil(x), in_size - 1).astype(np.int64)
-  return lower, upper, (x - floor).astype(np.float32)
-
-
-def _resized_size_and_padding(height: int, width: int, target_height: int, target_width: int):
-  """(resized h, w), (pad top, pad left) computed in float32 the way tf.image.resize_with_pad does."""
-  f32 = np.float32
-  ratio = max(f32(width) / f32(target_width), f32(height) / f32(target_height))
-  h_float, w_float = f32(height) / ratio, f32(width) / ratio
-  resized = (int(np.floor(h_float)), int(np.floor(w_float)))
-  pad = (max(0, int(np.floor((f32(target_height) - h_float) / f32(2)))),
-         max(0, int(np.floor((f32(target_width) - w_float) / f32(2)))))
-  return resized, pad
-
-
-def resize_with_pad(images: np.ndarray, target_height: int, target_width: int) -> np.ndarray:
-  """tf.image.resize_with_pad in numpy: bilinear resize keeping the aspect ratio, then centred zero padding.
-
-  images: [h, w, C] or [B, h, w, C] of any real dtype (uint8 frames are usual). Returns float32 of shape
-  [target_height, target_width, C] (or with the batch axis), pixel values on the input's scale. The arithmetic
-  follows TF's kernel (half-pixel centres, no antialiasing, float32 throughout), so results agree with
-  TensorFlow's to float32 rounding.
-  """
-  images = np.asarray(images)
-  if images.ndim not in (3, 4):
-    raise ValueError(f"resize_with_pad: expected [h, w, C] or [B, h, w, C], got shape {images.shape}.")
-  if target_height <= 0 or target_width <= 0:
-    raise ValueError(f"resize_with_pad: target size must be positive, got {target_height}x{target_width}.")
-  batched = images.ndim == 4
-  x = images if batched else images[None]
-  b, h, w, c = x.shape
-  if h == 0 or w == 0:
-    raise ValueError(f"resize_with_pad: empty image of shape {images.shape}.")
-  (rh, rw), (pt, pl) = _resized_size_and_padding(h, w, target_height, target_width)
-  y_lo, y_hi, y_lerp = _bilinear_axis(h, rh)
-  x_lo, x_hi, x_lerp = _bilinear_axis(w, rw)
-  # Rows first, from the (small) integer image; only the rows and columns used are ever converted to float.
-  rows_lo, rows_hi = x[:, y_lo].astype(np.float32), x[:, y_hi].astype(np.float32)
-  xl = x_lerp[None, None, :, None]
-  top = rows_lo[:, :, x_lo] + (rows_lo[:, :, x_hi] - rows_lo[:, :, x_lo]) * xl
-  bottom = rows_hi[:, :, x_lo] + (rows_hi[:, :, x_hi] - rows_hi[:, :, x_lo]) * xl
-  resized = top + (bottom - top) * y_lerp[None, :, None, None]
-  out = np.zeros((b, target_height, target_width, c), np.float32)
-  out[:, pt:pt + rh, pl:pl + rw] = resized
-  return out if batched else out[0]
-
-
-def to_model_images(images: np.ndarray, resolution: int) -> np.ndarray:
-  """uint8 [B, h, w, 3] -> uint8 [B, R, R, 3]: resized with padding and rounded, as the training pipeline does."""
-  resized = resize_with_pad(images, resolution, resolution)
-  return np.round(np.clip(resized, 0.0, 255.0)).astype(np.uint8)
-
-
-def _model_range(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  # pi0_jax.data.images.to_model_range, which lives next to TensorFlow code: x / 127.5 - 1, zeros where masked.
-  x = images.astype(np.float32) / np.float32(127.5) - np.float32(1)
-  return np.where(mask[:, None, None, None], x, np.float32(0))
-
-
 # --- Loading ---------------------------------------------------------------------------------------------
-
-
-def _read_json(path: str, what: str) -> Any:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{what}: {path} does not exist; is this a directory written by pi0_jax.export?")
-  with open(path) as f:
-    return json.load(f)
-
-
-def _restore_export_params(directory: str, config: Pi0Config, device) -> dict:
-  """The bare params tree of an export, checked against `config` from metadata, placed on `device`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from pi0_jax import weights  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"export params: {directory} does not exist.")
-  with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(directory).item_metadata
-  meta = dict(meta.tree if hasattr(meta, "tree") else meta)
-  flat = weights.flatten(meta)
-  expected = {k: tuple(v.shape) for k, v in weights.flatten(weights.abstract_params(config)).items()}
-  weights.check_tree({k: tuple(v.shape) for k, v in flat.items()}, expected, directory,
-                     note="the params do not fit model_config.json of the same export")
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  args = weights.unflatten({k: ocp.ArrayRestoreArgs(sharding=sharding) for k in flat})
-  with ocp.PyTreeCheckpointer() as ckptr:
-    return ckptr.restore(directory, args=ocp.args.PyTreeRestore(item=weights.unflatten(flat), restore_args=args))
-
-
-def _dataset_choice(norm_stats: Mapping[str, Any], metadata: Mapping[str, Any], dataset: str | None,
-                    path: str) -> tuple[str, dict]:
-  """(dataset name, its norm_stats.json entry) for `dataset`, or the only dataset when it is None."""
-  per_dataset = dict(norm_stats.get("datasets") or {})
-  if not per_dataset:
-    if "norm_stats" not in norm_stats:
-      raise ValueError(f"{path}: expected {{'datasets': {{name: {{'norm_stats': ...}}}}}} or {{'norm_stats': ...}}, "
-                       f"found keys {sorted(norm_stats)}.")
-    names = [d.get("name") for d in metadata.get("datasets") or []]
-    per_dataset = {(names[0] if len(names) == 1 and names[0] else "default"): dict(norm_stats)}
-  if dataset is None:
-    if len(per_dataset) != 1:
-      raise ValueError(f"This export was trained on {len(per_dataset)} datasets; pass dataset= one of "
-                       f"{sorted(per_dataset)} to pick whose norm stats and camera layout to use.")
-    dataset = next(iter(per_dataset))
-  if dataset not in per_dataset:
-    raise ValueError(f"dataset {dataset!r}: {path} has no statistics for it; choices: {sorted(per_dataset)}.")
-  entry = per_dataset[dataset]
-  if "norm_stats" not in entry or not {"state", "actions"} <= set(entry["norm_stats"]):
-    raise ValueError(f"{path}: dataset {dataset!r} needs 'norm_stats' with 'state' and 'actions'.")
-  return dataset, entry
 
 
 def _dataset_layout(metadata: Mapping[str, Any], dataset: str) -> dict:
@@ -179,6 +63,119 @@ def _dataset_layout(metadata: Mapping[str, Any], dataset: str) -> dict:
   return {"cameras": dict(cameras), "prompt": entry.get("prompt", spec.prompt if spec else None),
           "state_dim": entry.get("state_dim", spec.state_dim if spec else None),
           "action_dim": entry.get("action_dim", spec.action_dim if spec else None)}
+
+
+def _read_export(export_dir: str, dataset: str | None) -> dict[str, Any]:
+  """Everything but the params of an export, checked: config, metadata, the dataset's stats and layout."""
+  if not os.path.isdir(export_dir):
+    raise FileNotFoundError(f"export directory {export_dir} does not exist.")
+  metadata = export_lib.read_export_metadata(export_dir)
+  if int(metadata.get("format", 0)) > export_lib.FORMAT:
+    raise ValueError(f"{export_dir}: export format {metadata.get('format')} is newer than this pi0_jax reads "
+                     f"({export_lib.FORMAT}); update pi0_jax.")
+  config = Pi0Config.from_dict(export_lib.read_export_json(export_dir, "model_config.json"))
+  stats_path = os.path.join(export_dir, "norm_stats.json")
+  name, entry = export_lib.norm_stats_entry(export_lib.read_export_json(export_dir, "norm_stats.json"), dataset,
+                                            metadata=metadata, path=stats_path)
+  layout = _dataset_layout(metadata, name)
+  for key, want in (("state", layout["state_dim"]), ("actions", layout["action_dim"])):
+    got = len(entry["norm_stats"][key]["mean"])
+    if want is not None and got != want:
+      raise ValueError(f"{stats_path}: dataset {name!r} has {key} statistics for {got} dims, but its spec says "
+                       f"{want}.")
+  return {"config": config, "metadata": metadata, "dataset": name, "entry": entry, "layout": layout}
+
+
+def _stats_arrays(norm_stats: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
+  if key not in norm_stats:
+    raise ValueError(f"norm_stats: no {key!r} entry; expected {{'state': {{...}}, 'actions': {{...}}}}.")
+  stats = {k: np.asarray(v, np.float32) for k, v in norm_stats[key].items() if k != "count"}
+  missing = {"mean", "std", "q01", "q99"} - set(stats)
+  if missing:
+    raise ValueError(f"norm_stats[{key!r}]: missing {sorted(missing)}.")
+  lengths = {k: v.shape for k, v in stats.items()}
+  if len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
+    raise ValueError(f"norm_stats[{key!r}]: every statistic must be one vector of the same length, got {lengths}.")
+  return stats
+
+
+# --- Observation preparation: raw observation -> model inputs, checked -----------------------------------
+
+
+def _state_batch(obs: Mapping[str, Any], state_dim: int, dataset: str | None) -> tuple[np.ndarray, bool]:
+  """obs["state"] as [B, S] and whether it came batched."""
+  if "state" not in obs:
+    raise ValueError(f"obs['state']: missing; expected float [{state_dim}] or [batch, {state_dim}].")
+  state = np.asarray(obs["state"])
+  if state.ndim not in (1, 2) or state.shape[-1] != state_dim or not (
+      np.issubdtype(state.dtype, np.floating) or np.issubdtype(state.dtype, np.integer)):
+    raise ValueError(f"obs['state']: shape {state.shape}, dtype {state.dtype}; expected real numbers of shape "
+                     f"[{state_dim}] or [batch, {state_dim}] (dataset {dataset!r}).")
+  if not np.all(np.isfinite(state)):
+    raise ValueError(f"obs['state']: non-finite values in {state.tolist()}.")
+  batched = state.ndim == 2
+  return (state if batched else state[None]), batched
+
+
+def _prompts(obs: Mapping[str, Any], default: str | None, batch: int, batched: bool) -> list[str]:
+  """obs["prompt"] (or the dataset's fixed prompt) as B str."""
+  prompt = obs.get("prompt", default)
+  if prompt is None:
+    raise ValueError("obs['prompt']: missing; expected a str (or, for batched input, a list of "
+                     f"{batch} str).")
+  if isinstance(prompt, (str, bytes)):
+    prompts = [prompt] * batch
+  elif batched and isinstance(prompt, Sequence) or isinstance(prompt, np.ndarray):
+    prompts = list(np.asarray(prompt, object).reshape(-1))
+    if len(prompts) != batch:
+      raise ValueError(f"obs['prompt']: {len(prompts)} prompts for a batch of {batch}; expected one str or "
+                       f"{batch}.")
+  else:
+    raise ValueError(f"obs['prompt']: expected a str{' or a list of ' + str(batch) + ' str' if batched else ''}, "
+                     f"got {type(prompt).__name__}.")
+  out = []
+  for p in prompts:
+    if isinstance(p, bytes):
+      p = p.decode("utf-8")
+    if not isinstance(p, str):
+      raise ValueError(f"obs['prompt']: expected str prompts, got {type(p).__name__}.")
+    out.append(p)
+  return out
+
+
+def _camera_image(raw_images: Mapping[str, Any], key: str, batch: int, batched: bool) -> np.ndarray:
+  """One raw camera frame (or batch of frames), checked: uint8 [B, h, w, 3]."""
+  image = np.asarray(raw_images[key])
+  want = "[batch, h, w, 3]" if batched else "[h, w, 3]"
+  if image.dtype != np.uint8:
+    raise ValueError(f"obs['images'][{key!r}]: dtype {image.dtype}, expected uint8 {want} (RGB 0..255).")
+  if image.ndim != (4 if batched else 3) or image.shape[-1] != 3 or (batched and image.shape[0] != batch):
+    raise ValueError(f"obs['images'][{key!r}]: shape {image.shape}, expected uint8 {want}"
+                     + (f" with batch {batch} (the state's)" if batched else " (unbatched, like the state)") + ".")
+  if image.shape[-3] == 0 or image.shape[-2] == 0:
+    raise ValueError(f"obs['images'][{key!r}]: empty image of shape {image.shape}.")
+  return image if batched else image[None]
+
+
+def _model_images(raw_images, camera_map: Mapping[str, str | None], resolution: int, batch: int,
+                  batched: bool) -> tuple[dict, dict]:
+  """({slot: float32 [B, R, R, 3] in [-1, 1]}, {slot: bool [B]}): filled slots resized, empty ones zero."""
+  keys = [k for k in camera_map.values() if k is not None]
+  if not isinstance(raw_images, Mapping):
+    raise ValueError(f"obs['images']: expected a dict {{camera key: uint8 image}} with keys {keys}, got "
+                     f"{type(raw_images).__name__}.")
+  images, masks = {}, {}
+  for slot, key in camera_map.items():
+    masks[slot] = np.full((batch,), key is not None)
+    if key is None:
+      images[slot] = np.zeros((batch, resolution, resolution, 3), np.float32)
+    elif key not in raw_images:
+      raise ValueError(f"obs['images']: missing camera {key!r} (model slot {slot!r}); expected uint8 images for "
+                       f"{keys}, got keys {sorted(raw_images)}.")
+    else:
+      frames = to_model_images(_camera_image(raw_images, key, batch, batched), resolution)
+      images[slot] = to_model_range(frames, masks[slot])
+  return images, masks
 
 
 # --- The policy ----------------------------------------------------------------------------------------------
@@ -207,15 +204,12 @@ class Policy:
                metadata: Mapping[str, Any] | None = None, clip_actions: bool = True):
     if norm_mode not in normalize_lib.MODES:
       raise ValueError(f"norm_mode {norm_mode!r}: expected one of {normalize_lib.MODES}.")
-    if int(num_steps) < 1:
-      raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     self._config = config.replace(activation_batch_axes=())
     self._model = Pi0(self._config)
     self._device = device or jax.devices()[0]
     self._params = jax.device_put(params, self._device)
-    self._tokenize = tokenizer.tokenize if hasattr(tokenizer, "tokenize") else tokenizer
-    self._token_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    self.dataset, self.default_prompt, self.num_steps = dataset, default_prompt, int(num_steps)
+    self._tokens = TokenCache(tokenizer, self._config.max_token_len)
+    self.dataset, self.default_prompt, self.num_steps = dataset, default_prompt, _check_steps(num_steps)
     self.metadata = dict(metadata or {})
     self.norm_mode = norm_mode
     self._state_norm = _stats_arrays(norm_stats, "state")
@@ -240,41 +234,26 @@ class Policy:
     self._key, self._draws = jax.random.key(seed), 0
     self._compiled: dict[tuple, Any] = {}
 
-  # Construction from an export directory.
-
   @classmethod
   def load(cls, export_dir: str, *, dataset: str | None = None, num_steps: int = 10, seed: int = 0,
            device=None, clip_actions: bool = True) -> "Policy":
     """Loads what `pi0_jax.export` wrote. `dataset` picks whose statistics and cameras to use (default: the
     only one; an error lists the choices otherwise). The params go to `device` (default: the first device)."""
     from pi0_jax.data.tokenizer import PromptTokenizer  # pylint: disable=g-import-not-at-top
-    from pi0_jax.export import FORMAT  # pylint: disable=g-import-not-at-top
     export_dir = os.path.abspath(os.fspath(export_dir))
-    if not os.path.isdir(export_dir):
-      raise FileNotFoundError(f"export directory {export_dir} does not exist.")
-    metadata = _read_json(os.path.join(export_dir, "metadata.json"), "export metadata")
-    if int(metadata.get("format", 0)) > FORMAT:
-      raise ValueError(f"{export_dir}: export format {metadata.get('format')} is newer than this pi0_jax reads "
-                       f"({FORMAT}); update pi0_jax.")
-    config = Pi0Config.from_dict(_read_json(os.path.join(export_dir, "model_config.json"), "model config"))
-    stats_path = os.path.join(export_dir, "norm_stats.json")
-    name, entry = _dataset_choice(_read_json(stats_path, "norm statistics"), metadata, dataset, stats_path)
-    layout = _dataset_layout(metadata, name)
-    stats = entry["norm_stats"]
-    for key, want in (("state", layout["state_dim"]), ("actions", layout["action_dim"])):
-      got = len(stats[key]["mean"])
-      if want is not None and got != want:
-        raise ValueError(f"{stats_path}: dataset {name!r} has {key} statistics for {got} dims, but its spec says "
-                         f"{want}.")
-    tokenizer = PromptTokenizer(os.path.join(export_dir, "tokenizer.model"), config.max_token_len)
+    found = _read_export(export_dir, dataset)
+    config, entry, layout = found["config"], found["entry"], found["layout"]
     device = device or jax.devices()[0]
-    params = _restore_export_params(os.path.join(export_dir, "params"), config, device)
-    return cls(config, params, tokenizer=tokenizer, norm_stats=stats, camera_map=layout["cameras"],
+    params = export_lib.load_params(export_lib.params_dir(export_dir), config, device=device,
+                                    note="the params do not fit model_config.json of the same export")
+    return cls(config, params, tokenizer=PromptTokenizer(os.path.join(export_dir, "tokenizer.model"),
+                                                         config.max_token_len),
+               norm_stats=entry["norm_stats"], camera_map=layout["cameras"],
                norm_mode=entry.get("norm_mode", "zscore"),
                unnormalized_state_dims=entry.get("unnormalized_state_dims", ()),
                unnormalized_action_dims=entry.get("unnormalized_action_dims", ()), default_prompt=layout["prompt"],
-               dataset=name, num_steps=num_steps, seed=seed, device=device, metadata=metadata,
-               clip_actions=clip_actions)
+               dataset=found["dataset"], num_steps=num_steps, seed=seed, device=device,
+               metadata=found["metadata"], clip_actions=clip_actions)
 
   # Properties.
 
@@ -310,93 +289,22 @@ class Policy:
     """How many sampler executables have been compiled (one per batch size and num_steps)."""
     return len(self._compiled)
 
-  # Input transforms.
-
-  def _tokens(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-    if prompt not in self._token_cache:
-      ids, mask = self._tokenize(prompt)
-      ids, mask = np.asarray(ids, np.int32), np.asarray(mask, bool)
-      want = (self._config.max_token_len,)
-      if ids.shape != want or mask.shape != want:
-        raise ValueError(f"tokenizer returned shapes {ids.shape}, {mask.shape} for {prompt!r}; expected {want}.")
-      self._token_cache[prompt] = (ids, mask)
-    return self._token_cache[prompt]
-
-  def _prompts(self, obs: Mapping[str, Any], batch: int, batched: bool) -> list[str]:
-    prompt = obs.get("prompt", self.default_prompt)
-    if prompt is None:
-      raise ValueError("obs['prompt']: missing; expected a str (or, for batched input, a list of "
-                       f"{batch} str).")
-    if isinstance(prompt, (str, bytes)):
-      prompts = [prompt] * batch
-    elif batched and isinstance(prompt, Sequence) or isinstance(prompt, np.ndarray):
-      prompts = list(np.asarray(prompt, object).reshape(-1))
-      if len(prompts) != batch:
-        raise ValueError(f"obs['prompt']: {len(prompts)} prompts for a batch of {batch}; expected one str or "
-                         f"{batch}.")
-    else:
-      raise ValueError(f"obs['prompt']: expected a str{' or a list of ' + str(batch) + ' str' if batched else ''}, "
-                       f"got {type(prompt).__name__}.")
-    out = []
-    for p in prompts:
-      if isinstance(p, bytes):
-        p = p.decode("utf-8")
-      if not isinstance(p, str):
-        raise ValueError(f"obs['prompt']: expected str prompts, got {type(p).__name__}.")
-      out.append(p)
-    return out
+  # Input and output transforms.
 
   def prepare(self, obs: Mapping[str, Any]) -> tuple[Observation, bool]:
     """Raw observation dict -> (the model's Observation as numpy arrays, whether the input was batched)."""
     if not isinstance(obs, Mapping):
       raise ValueError(f"obs: expected a dict with 'images', 'state' and 'prompt', got {type(obs).__name__}.")
-    if "state" not in obs:
-      raise ValueError(f"obs['state']: missing; expected float [{self.state_dim}] or [batch, {self.state_dim}].")
-    state = np.asarray(obs["state"])
-    if state.ndim not in (1, 2) or state.shape[-1] != self.state_dim or not (
-        np.issubdtype(state.dtype, np.floating) or np.issubdtype(state.dtype, np.integer)):
-      raise ValueError(f"obs['state']: shape {state.shape}, dtype {state.dtype}; expected real numbers of shape "
-                       f"[{self.state_dim}] or [batch, {self.state_dim}] (dataset {self.dataset!r}).")
-    if not np.all(np.isfinite(state)):
-      raise ValueError(f"obs['state']: non-finite values in {state.tolist()}.")
-    batched = state.ndim == 2
-    state = state if batched else state[None]
+    state, batched = _state_batch(obs, self.state_dim, self.dataset)
     batch = state.shape[0]
-
-    raw_images = obs.get("images")
-    if not isinstance(raw_images, Mapping):
-      raise ValueError(f"obs['images']: expected a dict {{camera key: uint8 image}} with keys "
-                       f"{list(self.camera_keys)}, got {type(raw_images).__name__}.")
-    r = self._config.image_resolution
-    images, masks = {}, {}
-    for slot, key in self._camera_map.items():
-      if key is None:
-        images[slot] = np.zeros((batch, r, r, 3), np.float32)
-        masks[slot] = np.zeros((batch,), bool)
-        continue
-      if key not in raw_images:
-        raise ValueError(f"obs['images']: missing camera {key!r} (model slot {slot!r}); expected uint8 images for "
-                         f"{list(self.camera_keys)}, got keys {sorted(raw_images)}.")
-      image = np.asarray(raw_images[key])
-      want = "[batch, h, w, 3]" if batched else "[h, w, 3]"
-      if image.dtype != np.uint8:
-        raise ValueError(f"obs['images'][{key!r}]: dtype {image.dtype}, expected uint8 {want} (RGB 0..255).")
-      if image.ndim != (4 if batched else 3) or image.shape[-1] != 3 or (batched and image.shape[0] != batch):
-        raise ValueError(f"obs['images'][{key!r}]: shape {image.shape}, expected uint8 {want}"
-                         + (f" with batch {batch} (the state's)" if batched else " (unbatched, like the state)") + ".")
-      if image.shape[-3] == 0 or image.shape[-2] == 0:
-        raise ValueError(f"obs['images'][{key!r}]: empty image of shape {image.shape}.")
-      mask = np.ones((batch,), bool)
-      images[slot] = _model_range(to_model_images(image if batched else image[None], r), mask)
-      masks[slot] = mask
-
-    tokens = [self._tokens(p) for p in self._prompts(obs, batch, batched)]
-    norm_state = normalize_lib.normalize_np(state, self._state_norm, self.norm_mode, self._state_skip)
+    images, masks = _model_images(obs.get("images"), self._camera_map, self._config.image_resolution, batch,
+                                  batched)
+    ids, token_masks = self._tokens.batch(_prompts(obs, self.default_prompt, batch, batched))
     padded = np.zeros((batch, self._config.action_dim), np.float32)
-    padded[:, :self.state_dim] = norm_state
-    observation = Observation(images=images, image_masks=masks, state=padded,
-                              tokenized_prompt=np.stack([t for t, _ in tokens]),
-                              tokenized_prompt_mask=np.stack([m for _, m in tokens]))
+    padded[:, :self.state_dim] = normalize_lib.normalize_np(state, self._state_norm, self.norm_mode,
+                                                            self._state_skip)
+    observation = Observation(images=images, image_masks=masks, state=padded, tokenized_prompt=ids,
+                              tokenized_prompt_mask=token_masks)
     return observation, batched
 
   def unnormalize_actions(self, normalized) -> np.ndarray:
@@ -407,7 +315,7 @@ class Policy:
       actions = np.clip(actions, *self.action_range)
     return actions
 
-  # Sampling.
+  # Inference core.
 
   def _executable(self, observation: Observation, noise_or_draw, num_steps: int):
     """The compiled sampler for these input shapes: fn(params, observation, noise or draw index) -> actions."""
@@ -449,9 +357,7 @@ class Policy:
     policy uses fold_in(key(seed), i), so a fresh policy with the same seed repeats the same sequence.
     """
     observation.validate(self._config)
-    num_steps = self.num_steps if num_steps is None else int(num_steps)
-    if num_steps < 1:
-      raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    num_steps = _check_steps(self.num_steps if num_steps is None else num_steps)
     noise = self._noise(noise, observation.batch_size, True)
     return self._executable(observation, noise, num_steps)(self._params, observation, noise)
 
@@ -465,9 +371,7 @@ class Policy:
     """
     start = time.perf_counter()
     observation, batched = self.prepare(obs)
-    num_steps = self.num_steps if num_steps is None else int(num_steps)
-    if num_steps < 1:
-      raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    num_steps = _check_steps(self.num_steps if num_steps is None else num_steps)
     noise = self._noise(noise, observation.batch_size, batched)
     compile_start = time.perf_counter()
     run = self._executable(observation, noise, num_steps)
@@ -479,14 +383,7 @@ class Policy:
     return {"actions": actions if batched else actions[0], "infer_ms": 1000.0 * elapsed}
 
 
-def _stats_arrays(norm_stats: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
-  if key not in norm_stats:
-    raise ValueError(f"norm_stats: no {key!r} entry; expected {{'state': {{...}}, 'actions': {{...}}}}.")
-  stats = {k: np.asarray(v, np.float32) for k, v in norm_stats[key].items() if k != "count"}
-  missing = {"mean", "std", "q01", "q99"} - set(stats)
-  if missing:
-    raise ValueError(f"norm_stats[{key!r}]: missing {sorted(missing)}.")
-  lengths = {k: v.shape for k, v in stats.items()}
-  if len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
-    raise ValueError(f"norm_stats[{key!r}]: every statistic must be one vector of the same length, got {lengths}.")
-  return stats
+def _check_steps(num_steps) -> int:
+  if int(num_steps) < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  return int(num_steps)

@@ -24,6 +24,8 @@ build_report.json in the dataset directory.
 Simulation and rendering run in spawned worker processes: MuJoCo's EGL
 rendering segfaults in a process that has imported TensorFlow (seen with
 tensorflow-cpu 2.21 and Mesa's llvmpipe), and TFDS needs TensorFlow to write.
+Tasks, variants, scripted experts and cameras are pi0_jax.envs.metaworld's,
+which the closed-loop evaluator shares; this module plans, replays and writes.
 
 Each step holds the observation before its action:
   observation/image        uint8 [S, S, 3]  scene camera (default "corner"), right side up
@@ -38,34 +40,23 @@ Each step holds the observation before its action:
 
 from __future__ import annotations
 
-import os
-
-# mujoco picks its GL backend from this variable when a renderer is first made; EGL needs no display.
-os.environ.setdefault("MUJOCO_GL", "egl")
-# Software GL (Mesa llvmpipe) on one thread per process: measured 2x faster per frame than its default of one
-# thread per core on a 2-core machine, and workers scale across cores instead.
-os.environ.setdefault("LP_NUM_THREADS", "1")
-
 import collections
 import concurrent.futures
 import dataclasses
 import functools
-import itertools
-import json
 import multiprocessing
-import multiprocessing.util
+import os
 import shutil
 import time
 import warnings
-import zlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-ML10_TRAIN_TASKS = (
-    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3", "button-press-topdown-v3",
-    "peg-insert-side-v3", "window-open-v3", "sweep-v3", "basketball-v3")
-ML10_TEST_TASKS = ("drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3")
+from pi0_jax import files
+from pi0_jax.envs.metaworld import (ACTION_DIM, CAMERAS, ENV_STATE_DIM, ML10_TEST_TASKS, ML10_TRAIN_TASKS,
+                                    STATE_DIM, TASK_INSTRUCTIONS, RenderOptions)
+from pi0_jax.envs import metaworld as mw
 
 # Split set -> (dataset name, its task classes). Names stay clear of TFDS catalog entries, which would
 # send TFDS to the network.
@@ -74,30 +65,7 @@ SPLIT_SETS = {
     "test": ("metaworld_ml10_test", ML10_TEST_TASKS),
 }
 
-TASK_INSTRUCTIONS = {
-    "reach-v3": "reach the goal position",
-    "push-v3": "push the puck to the goal",
-    "pick-place-v3": "pick up the puck and place it at the goal",
-    "door-open-v3": "open the door",
-    "drawer-close-v3": "close the drawer",
-    "button-press-topdown-v3": "press the button from the top",
-    "peg-insert-side-v3": "insert the peg into the hole from the side",
-    "window-open-v3": "slide the window open",
-    "sweep-v3": "sweep the puck off the table",
-    "basketball-v3": "put the ball into the basket",
-    "drawer-open-v3": "open the drawer",
-    "door-close-v3": "close the door",
-    "shelf-place-v3": "pick up the puck and place it on the shelf",
-    "sweep-into-v3": "sweep the puck into the hole",
-    "lever-pull-v3": "pull the lever up",
-}
-
-# Cameras of Meta-World's shared scene (metaworld/assets/objects/assets/xyz_base.xml).
-CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 REPORT_FILE = "build_report.json"
-STATE_DIM = 4
-ENV_STATE_DIM = 39
-ACTION_DIM = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,23 +87,21 @@ class BuildOptions:
   def __post_init__(self):
     if self.episodes_per_task < 1:
       raise ValueError(f"episodes_per_task: expected >= 1, got {self.episodes_per_task}")
-    if not 8 <= self.image_size <= 1024:
-      raise ValueError(f"image_size: expected 8..1024 pixels, got {self.image_size}")
-    if not 1 <= self.max_steps <= 500:
-      raise ValueError(f"max_steps: expected 1..500 (Meta-World's episode limit), got {self.max_steps}")
+    mw.check_max_steps(self.max_steps)
     if self.steps_after_success < 0:
       raise ValueError(f"steps_after_success: expected >= 0, got {self.steps_after_success}")
     if not 0.0 <= self.val_fraction < 1.0:
       raise ValueError(f"val_fraction: expected in [0, 1), got {self.val_fraction}")
     if self.max_attempts_factor < 1:
       raise ValueError(f"max_attempts_factor: expected >= 1, got {self.max_attempts_factor}")
-    if not 0 <= self.antialias_samples <= 16:
-      raise ValueError(f"antialias_samples: expected 0..16, got {self.antialias_samples}")
-    for key in ("scene_camera", "wrist_camera"):
-      if getattr(self, key) not in CAMERAS:
-        raise ValueError(f"{key}: expected one of {CAMERAS}, got {getattr(self, key)!r}")
+    _ = self.render  # RenderOptions checks the camera settings.
     if self.encoding_format not in ("jpeg", "png"):
       raise ValueError(f"encoding_format: expected 'jpeg' or 'png', got {self.encoding_format!r}")
+
+  @property
+  def render(self) -> RenderOptions:
+    """The camera settings, which closed-loop evaluation must render with."""
+    return RenderOptions.from_build_options(dataclasses.asdict(self))
 
   @property
   def num_val(self) -> int:
@@ -162,70 +128,6 @@ class EpisodePlan:
 # Simulation
 
 
-def _variants(task: str, seed: int) -> Iterator[tuple[int, int, Any]]:
-  """(variant_seed, index, metaworld Task) of `task`, endless and seeded: MT1 benchmarks of 50 goals each.
-
-  A goal-visible MT1 benchmark draws its 50 object/goal placements from its seed; each block of 50 gets a
-  seed of its own, mixed from `seed`, the task name and the block number.
-  """
-  import metaworld  # pylint: disable=g-import-not-at-top
-  for block in itertools.count():
-    # crc32 rather than hash(): Python's string hash changes per process.
-    variant_seed = int(np.random.SeedSequence([seed, zlib.crc32(task.encode()), block]).generate_state(1)[0])
-    for index, variant in enumerate(metaworld.MT1(task, seed=variant_seed).train_tasks):
-      yield variant_seed, index, variant
-
-
-def _make_env_and_policy(task: str):
-  import metaworld  # pylint: disable=g-import-not-at-top
-  from metaworld import policies  # pylint: disable=g-import-not-at-top
-  if task not in metaworld.env_dict.ALL_V3_ENVIRONMENTS:
-    raise ValueError(f"task {task!r}: not a Meta-World v3 environment (metaworld.env_dict.ALL_V3_ENVIRONMENTS)")
-  if task not in policies.ENV_POLICY_MAP:
-    raise ValueError(f"task {task!r}: no scripted policy in metaworld.policies.ENV_POLICY_MAP")
-  return metaworld.env_dict.ALL_V3_ENVIRONMENTS[task](), policies.ENV_POLICY_MAP[task]()
-
-
-class Cameras:
-  """Offscreen square frames of named model cameras, right side up, rendered cheaply.
-
-  Shadows and reflections are off (about 5x cheaper per frame) and so, unless `antialias_samples` > 0, is
-  multisampling (2.5x cheaper again in software GL). Use the same settings wherever a policy trained on these
-  frames is evaluated. Not in a process that has imported TensorFlow: EGL rendering crashes there.
-  """
-
-  def __init__(self, model, data, names: Sequence[str], size: int, antialias_samples: int = 0):
-    import mujoco  # pylint: disable=g-import-not-at-top
-    available = [model.camera(i).name for i in range(model.ncam)]
-    for name in names:
-      if name not in available:
-        raise ValueError(f"camera {name!r}: not in the Meta-World model; available: {available}")
-    # The offscreen buffer must hold the frame; Meta-World's model asks for 640x480.
-    model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-    model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-    model.vis.quality.offsamples = antialias_samples
-    self._renderer = mujoco.Renderer(model, size, size)
-    self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-    self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-    mujoco.mj_forward(model, data)
-    # A camera whose up axis points down in the world (Meta-World's corner cameras) is rolled by 180 degrees:
-    # rotating the frame by 180 degrees (not a mirror flip) puts it right side up.
-    self._rotate = {name: data.cam_xmat[model.camera(name).id][7] < 0 for name in names}
-    self._names = tuple(names)
-
-  def render(self, data) -> list[np.ndarray]:
-    frames = []
-    for name in self._names:
-      self._renderer.update_scene(data, camera=name)
-      frame = self._renderer.render()
-      frames.append(np.ascontiguousarray(frame[::-1, ::-1]) if self._rotate[name] else frame.copy())
-    return frames
-
-  def close(self):
-    # Freed here, not at interpreter exit, where EGL may already be torn down.
-    self._renderer.close()
-
-
 @dataclasses.dataclass
 class _Rollout:
   num_steps: int
@@ -234,10 +136,9 @@ class _Rollout:
   arrays: dict[str, np.ndarray] | None  # with cameras only: obs, action, reward, image, wrist_image over time
 
 
-def _rollout(env, policy, variant, options: BuildOptions, cameras: Cameras | None = None) -> _Rollout:
+def _rollout(env, policy, variant, options: BuildOptions, cameras: mw.Cameras | None = None) -> _Rollout:
   """Runs the scripted policy until `steps_after_success` steps past its first success, or max_steps."""
-  env.set_task(variant)
-  obs, _ = env.reset()
+  obs = mw.reset_to(env, variant)
   record, first_success, success = [], None, False
   with warnings.catch_warnings():
     # The scripted policies warn on every step whose raw response exceeds [-1, 1]; it is clipped below.
@@ -265,11 +166,11 @@ def _rollout(env, policy, variant, options: BuildOptions, cameras: Cameras | Non
 
 def plan_task(task: str, options: BuildOptions) -> tuple[list[EpisodePlan], dict[str, Any]]:
   """Finds `episodes_per_task` successful variants of `task` (physics only, no rendering)."""
-  env, policy = _make_env_and_policy(task)
+  env, policy = mw.make_env(task), mw.expert_policy(task)
   plans, attempts, lost = [], 0, 0
   max_attempts = options.max_attempts_factor * options.episodes_per_task
   try:
-    for variant_seed, index, variant in _variants(task, options.seed):
+    for variant_seed, index, variant in mw.variants(task, options.seed):
       if len(plans) == options.episodes_per_task or attempts == max_attempts:
         break
       result = _rollout(env, policy, variant, options)
@@ -286,23 +187,6 @@ def plan_task(task: str, options: BuildOptions) -> tuple[list[EpisodePlan], dict
   return plans, counts
 
 
-# In a worker process: the current (task, options) and its env, policy and cameras, reused across its episodes.
-# One at a time: each holds ~160 MB (software GL context and textures).
-_WORKER_STATE: dict[str, Any] = {}
-
-
-def _close_worker_state():
-  # Freed before switching tasks or exiting: at interpreter teardown EGL may already be gone.
-  if "cameras" in _WORKER_STATE:
-    _WORKER_STATE["cameras"].close()
-    _WORKER_STATE["env"].close()
-  _WORKER_STATE.clear()
-
-
-# Pool workers leave through multiprocessing's exit path, which runs these finalizers but not atexit hooks.
-multiprocessing.util.Finalize(None, _close_worker_state, exitpriority=10)
-
-
 def render_episode(plan: EpisodePlan, options: BuildOptions) -> dict[str, Any]:
   """Replays a planned episode with both cameras on; returns its arrays and the seconds it took.
 
@@ -310,16 +194,8 @@ def render_episode(plan: EpisodePlan, options: BuildOptions) -> dict[str, Any]:
   imported TensorFlow, which TFDS writing needs.
   """
   start = time.time()
-  if _WORKER_STATE.get("key") != (plan.task, options):
-    _close_worker_state()
-    env, policy = _make_env_and_policy(plan.task)
-    env.set_task(plan.variant)
-    env.reset()
-    cameras = Cameras(env.model, env.data, (options.scene_camera, options.wrist_camera), options.image_size,
-                      options.antialias_samples)
-    _WORKER_STATE.update(key=(plan.task, options), env=env, policy=policy, cameras=cameras)
-  env, policy, cameras = _WORKER_STATE["env"], _WORKER_STATE["policy"], _WORKER_STATE["cameras"]
-  result = _rollout(env, policy, plan.variant, options, cameras)
+  env, cameras = mw.process_env(plan.task, options.render, plan.variant)
+  result = _rollout(env, mw.expert_policy(plan.task), plan.variant, options, cameras)
   if (result.num_steps, result.first_success_step) != (plan.num_steps, plan.first_success_step):
     raise RuntimeError(
         f"{plan.task} variant (seed {plan.variant_seed}, index {plan.variant_index}): the replay ran "
@@ -504,7 +380,7 @@ def build(out_dir: str, split_set: str = "both", episodes_per_task: int = 10, im
     name = SPLIT_SETS[split_set_name][0]
     wanted = {"options": dataclasses.asdict(options), "tasks": list(set_tasks)}
     dataset_dir = os.path.join(out_dir, name, DATASET_VERSION)
-    existing = _read_report(dataset_dir)
+    existing = read_build_report(dataset_dir)
     if existing is not None and {k: existing.get(k) for k in wanted} == wanted and not overwrite:
       _log(f"{name}: reusing {dataset_dir} (built with the same options and tasks)")
       reports[name] = existing
@@ -567,19 +443,18 @@ def _build_one(name: str, set_tasks: Sequence[str], options: BuildOptions, out_d
                   "render_per_step": round(sum(builder.render_seconds) / num_steps, 4),
                   "num_workers": num_workers},
   }
-  with open(os.path.join(builder.data_dir, REPORT_FILE), "w") as f:
-    json.dump(report, f, indent=2)
+  files.write_json(os.path.join(builder.data_dir, REPORT_FILE), report, sort_keys=False)
   _log(f"{name}: wrote {report['totals']} to {builder.data_dir} in {plan_seconds + write_seconds:.1f} s "
        f"(planning {plan_seconds:.1f} s; rendering {report['seconds']['render_per_episode']} s per episode)")
   return report
 
 
-def _read_report(dataset_dir: str) -> dict[str, Any] | None:
+def read_build_report(dataset_dir: str) -> dict[str, Any] | None:
+  """The build_report.json of a dataset version directory written by `build`, else None."""
   path = os.path.join(dataset_dir, REPORT_FILE)
   if not os.path.exists(os.path.join(dataset_dir, "dataset_info.json")) or not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path, "build report")
 
 
 def main(argv):

@@ -13,7 +13,7 @@ training time only, augmented:
 Every op of every camera slot draws from its own stateless seed, derived from the frame's seed with
 `stateless_split`, so no two ops share randomness and the result depends only on (seed, frame position):
 reproducible, and restorable with the iterator. Frames leave tf.data as uint8 and become float32 in
-[-1, 1] (uint8 / 127.5 - 1) in the batch (to_model_range); an empty slot is all zeros.
+[-1, 1] (uint8 / 127.5 - 1) in the batch (image_ops.to_model_range); an empty slot is all zeros.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
+# The [-1, 1] value range of model images, shared with the TF-free Policy (re-exported for the pipeline).
+from pi0_jax.data.image_ops import to_model_range  # pylint: disable=unused-import
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +147,3 @@ def process_frame_images(images: dict, masks: dict, *, resolution: int, frame_se
     image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     out[slot] = tf.ensure_shape(image, [resolution, resolution, 3])
   return out
-
-
-def to_model_range(images, masks, xp=np):
-  """uint8 [B, R, R, 3] -> float32 in [-1, 1] (x / 127.5 - 1); exactly 0 where masks [B] is False.
-
-  `xp` is numpy for host batches or jax.numpy for arrays already on the devices."""
-  x = xp.asarray(images).astype(xp.float32) / xp.float32(127.5) - xp.float32(1)
-  return xp.where(xp.asarray(masks)[:, None, None, None], x, xp.float32(0))

@@ -277,8 +277,8 @@ class DataPipeline:
     self.global_batch = global_batch
     self.local_batch = hosts.local_batch_size(global_batch, process_count)
     self.mesh, self.data_axes = mesh, tuple(data_axes)
-    self._tokenize_one = tokenize_fn or make_tokenize_fn(settings)
-    self._token_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    from pi0_jax.data.tokenizer import TokenCache  # pylint: disable=g-import-not-at-top
+    self._tokens = TokenCache(tokenize_fn or make_tokenize_fn(settings), settings.max_token_len)
     self.state_root = state_root
     self.batches = 0
     self._images_on_device = None
@@ -324,22 +324,6 @@ class DataPipeline:
 
   # Batches.
 
-  def _tokenize(self, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, masks = [], []
-    length = self.settings.max_token_len
-    for p in prompts:
-      if p not in self._token_cache:
-        tokens, mask = self._tokenize_one(p.decode("utf-8"))
-        tokens, mask = np.asarray(tokens, np.int32), np.asarray(mask, bool)
-        if tokens.shape != (length,) or mask.shape != (length,):
-          raise ValueError(f"tokenizer returned shapes {tokens.shape}, {mask.shape} for prompt {p!r}; expected "
-                           f"({length},) each (the model's max_token_len).")
-        self._token_cache[p] = (tokens, mask)
-      tokens, mask = self._token_cache[p]
-      ids.append(tokens)
-      masks.append(mask)
-    return np.stack(ids), np.stack(masks)
-
   def _next_raw(self) -> dict:
     """The next batch as flat numpy arrays, images still uint8."""
     import tensorflow as tf
@@ -349,7 +333,7 @@ class DataPipeline:
       raise validate.DataError(f"bad input while reading batch {self.batches}: {e.message}") from None
     raw = {k: (v.numpy() if hasattr(v, "numpy") else {kk: vv.numpy() for kk, vv in v.items()})
            for k, v in raw.items()}
-    raw["tokenized_prompt"], raw["tokenized_prompt_mask"] = self._tokenize(raw.pop("prompt"))
+    raw["tokenized_prompt"], raw["tokenized_prompt_mask"] = self._tokens.batch(raw.pop("prompt"))
     raw["dataset_index"] = raw["dataset_index"].astype(np.int32)
     self.batches += 1
     return raw

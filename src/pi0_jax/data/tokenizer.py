@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -112,6 +112,60 @@ class PromptTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     """Text of ids; BOS, EOS and pad decode to nothing."""
     return self._sp.decode([int(i) for i in ids])
+
+  def decoder(self, known: Iterable[str] = ()) -> Callable[[np.ndarray, np.ndarray], str]:
+    """fn(ids [max_len], mask [max_len]) -> prompt text, memoised per token sequence.
+
+    The `known` prompts are recognised by their exact tokens, truncation included, so a prompt cut at max_len
+    still comes back whole; one that shares its cut tokens with another known prompt, and any unknown one,
+    comes back decoded (stripped).
+    """
+    texts: dict[bytes, str] = {}
+
+    def decoded(ids, mask) -> str:
+      return self.decode(np.asarray(ids)[np.asarray(mask, bool)].tolist()).strip()
+
+    for text in sorted(set(known)):
+      ids, mask = self.tokenize(text)
+      key = np.asarray(ids[mask], np.int32).tobytes()
+      texts[key] = text if key not in texts else decoded(ids, mask)
+
+    def decode_prompt(ids: np.ndarray, mask: np.ndarray) -> str:
+      key = np.asarray(np.asarray(ids)[np.asarray(mask, bool)], np.int32).tobytes()
+      if key not in texts:
+        texts[key] = decoded(ids, mask)
+      return texts[key]
+
+    return decode_prompt
+
+
+class TokenCache:
+  """Memoised prompt -> (int32 ids [max_len], bool mask [max_len]) of any tokenize fn, shapes checked once.
+
+  A control loop or a data stream sees few distinct prompts over many frames: each is tokenised once. Prompts
+  may be str or UTF-8 bytes (as tf.data yields them).
+  """
+
+  def __init__(self, tokenize: Callable[[str], tuple[np.ndarray, np.ndarray]] | PromptTokenizer, max_len: int):
+    self._tokenize = tokenize.tokenize if hasattr(tokenize, "tokenize") else tokenize
+    self.max_len = max_len
+    self._cache: dict[str | bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+  def __call__(self, prompt: str | bytes) -> tuple[np.ndarray, np.ndarray]:
+    hit = self._cache.get(prompt)
+    if hit is None:
+      ids, mask = self._tokenize(prompt.decode("utf-8") if isinstance(prompt, bytes) else prompt)
+      ids, mask = np.asarray(ids, np.int32), np.asarray(mask, bool)
+      if ids.shape != (self.max_len,) or mask.shape != (self.max_len,):
+        raise ValueError(f"tokenizer returned shapes {ids.shape}, {mask.shape} for prompt {prompt!r}; expected "
+                         f"({self.max_len},) each (the model's max_token_len).")
+      hit = self._cache[prompt] = (ids, mask)
+    return hit
+
+  def batch(self, prompts: Iterable[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """[B, max_len] int32 ids and bool masks of B prompts."""
+    pairs = [self(p) for p in prompts]
+    return np.stack([t for t, _ in pairs]), np.stack([m for _, m in pairs])
 
 
 def dataset_instructions(dataset_dirs: Sequence[str], key: str = "language_instruction") -> list[str]:

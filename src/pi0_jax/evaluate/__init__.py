@@ -27,7 +27,6 @@ Importing this package imports nothing heavy (no JAX, no TensorFlow): the rollou
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Sequence
@@ -71,11 +70,37 @@ def find_build_reports(train_data: dict, *, data_dir: str | None, heldout: Seque
   reports = {}
   for name, directory, version in places:
     found = _version_dir(os.path.join(directory, version) if version else directory)
-    path = os.path.join(found, bm.REPORT_FILE) if found else None
-    if path and os.path.isfile(path):
-      with open(path) as f:
-        reports[name] = json.load(f)
+    report = bm.read_build_report(found) if found else None
+    if report is not None:
+      reports[name] = report
   return reports
+
+
+def _rollout_rendering(train_data: dict, data_dir: str | None, heldout: Sequence[str] | None, env_seed: int):
+  """(camera settings, the dataset they come from, the demo build seeds) for the rollouts, checked.
+
+  The cameras must be those of every dataset's build report, and env_seed none of their build seeds.
+  """
+  from pi0_jax.envs import metaworld as mw  # pylint: disable=g-import-not-at-top
+  reports = find_build_reports(train_data, data_dir=data_dir, heldout=heldout)
+  train_names = [s["name"] for s in train_data["datasets"]]
+  render_from = next((n for n in train_names if n in reports), None)
+  if render_from is None:
+    raise FileNotFoundError(
+        f"closed loop: no build_report.json (pi0_jax.data.build_metaworld) found for the training datasets "
+        f"{train_names}; it fixes the cameras and image size the rollouts must render with. Point --data_dir at "
+        "the folder holding the Meta-World datasets, or pass --skip_closed_loop.")
+  render = mw.RenderOptions.from_build_options(reports[render_from]["options"])
+  for name, r in reports.items():
+    other = mw.RenderOptions.from_build_options(r["options"])
+    if other != render:
+      raise ValueError(f"closed loop: dataset {name!r} was rendered with {other}, but {render_from!r} with "
+                       f"{render}; the rollouts can match only one")
+  demo_seeds = sorted({int(r["options"]["seed"]) for r in reports.values()})
+  if env_seed in demo_seeds:
+    raise ValueError(f"env_seed {env_seed}: the demo datasets were built with variant seeds {demo_seeds}; "
+                     "evaluate on other variants (another --env_seed)")
+  return render, render_from, demo_seeds
 
 
 def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_batch_size: int | None = None,
@@ -90,13 +115,14 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
 
   See `python -m pi0_jax.evaluate --help` for what each argument means.
   """
-  from pi0_jax.data import build_metaworld as bm  # pylint: disable=g-import-not-at-top
+  from pi0_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  from pi0_jax.envs import metaworld as mw  # pylint: disable=g-import-not-at-top
   from pi0_jax.evaluate import offline, report as report_lib, rollout  # pylint: disable=g-import-not-at-top
 
   if skip_offline and skip_closed_loop:
     raise ValueError("nothing to do: both the offline and the closed-loop stage are skipped")
   checkpoint, out = os.path.abspath(checkpoint), os.path.abspath(out)
-  metadata = rollout.read_json(os.path.join(checkpoint, "metadata.json"), "export metadata")
+  metadata = export_lib.read_export_metadata(checkpoint)
   train_config = metadata.get("train_config") or {}
   train_data = dict(train_config.get("data") or {})
   if not train_data.get("datasets"):
@@ -123,25 +149,8 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
   # --- Closed loop (first: its workers may need the accelerator this process has not touched yet) ---------
   if not skip_closed_loop and is_main:
     start = time.time()
-    reports = find_build_reports(train_data, data_dir=data_dir, heldout=heldout_datasets)
-    train_names = [s["name"] for s in train_data["datasets"]]
-    render_from = next((n for n in train_names if n in reports), None)
-    if render_from is None:
-      raise FileNotFoundError(
-          f"closed loop: no build_report.json (pi0_jax.data.build_metaworld) found for the training datasets "
-          f"{train_names}; it fixes the cameras and image size the rollouts must render with. Point --data_dir at "
-          "the folder holding the Meta-World datasets, or pass --skip_closed_loop.")
-    render = rollout.RenderOptions.from_build_options(reports[render_from]["options"])
-    for name, r in reports.items():
-      other = rollout.RenderOptions.from_build_options(r["options"])
-      if other != render:
-        raise ValueError(f"closed loop: dataset {name!r} was rendered with {other}, but {render_from!r} with "
-                         f"{render}; the rollouts can match only one")
-    demo_seeds = sorted({int(r["options"]["seed"]) for r in reports.values()})
-    if env_seed in demo_seeds:
-      raise ValueError(f"env_seed {env_seed}: the demo datasets were built with variant seeds {demo_seeds}; "
-                       "evaluate on other variants (another --env_seed)")
-    chosen = tuple(tasks) if tasks else bm.ML10_TRAIN_TASKS + bm.ML10_TEST_TASKS
+    render, render_from, demo_seeds = _rollout_rendering(train_data, data_dir, heldout_datasets, env_seed)
+    chosen = tuple(tasks) if tasks else mw.ML10_TRAIN_TASKS + mw.ML10_TEST_TASKS
     settings = rollout.RolloutSettings(
         export_dir=checkpoint, tasks=chosen, episodes_per_task=episodes_per_task, replan_every=replan_every,
         max_steps=max_steps, num_steps=num_steps, seed=env_seed, noise_seed=seed, render=render, gifs=gifs,
@@ -159,7 +168,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
   # --- Offline --------------------------------------------------------------------------------------------------
   if not skip_offline:
     start = time.time()
-    norm_stats = rollout.read_json(os.path.join(checkpoint, "norm_stats.json"), "norm statistics")
+    norm_stats = export_lib.read_export_json(checkpoint, "norm_stats.json")
     groups = offline.eval_groups(train_data, norm_stats, policy_dataset=dataset, data_dir=data_dir,
                                  heldout=heldout_datasets)
     settings = offline.OfflineSettings(batches=offline_batches, batch_size=offline_batch_size, num_bins=t_bins,

@@ -30,7 +30,6 @@ instead of stopping after the first few.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -39,8 +38,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pi0_jax.data import build_metaworld as bm
+from pi0_jax import export as export_lib, files
 from pi0_jax.data import normalize, stats as stats_lib
+from pi0_jax.envs import metaworld as mw
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,8 @@ def _open(name: str, location: Mapping[str, Any]):
 
 def _built_tasks(builder) -> tuple[str, ...] | None:
   """The task classes in a dataset's build_report.json (Meta-World demo datasets), else None."""
-  path = os.path.join(str(builder.data_dir), bm.REPORT_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    tasks = json.load(f).get("tasks")
+  from pi0_jax.data import build_metaworld  # pylint: disable=g-import-not-at-top
+  tasks = (build_metaworld.read_build_report(str(builder.data_dir)) or {}).get("tasks")
   return tuple(tasks) if tasks else None
 
 
@@ -160,7 +157,6 @@ def eval_groups(train_data: Mapping[str, Any], norm_stats: Mapping[str, Any], *,
   training config put them.
   """
   from pi0_jax.data import specs as specs_lib  # pylint: disable=g-import-not-at-top
-  from pi0_jax.evaluate import rollout  # pylint: disable=g-import-not-at-top
   per_dataset = norm_stats.get("datasets") or {}
   groups = []
   train_names = []
@@ -181,7 +177,7 @@ def eval_groups(train_data: Mapping[str, Any], norm_stats: Mapping[str, Any], *,
                  **{k: v for k, v in location.items() if v})
     groups.append(EvalGroup(f"{name}/{VAL}", VAL, (entry,), dict(per_dataset[name]), _built_tasks(builder)))
 
-  _, policy_entry = rollout.dataset_norm_entry(norm_stats, policy_dataset)
+  _, policy_entry = export_lib.norm_stats_entry(norm_stats, policy_dataset)
   explicit = heldout is not None
   root = data_dir or default_data_dir(train_data)
   for name in (heldout if explicit else ["metaworld_ml10_test"]):
@@ -215,7 +211,7 @@ def task_name(instruction: str) -> str:
   return _INSTRUCTION_TASKS.get(instruction.strip(), instruction.strip())
 
 
-_INSTRUCTION_TASKS = {v: k for k, v in bm.TASK_INSTRUCTIONS.items()}
+_INSTRUCTION_TASKS = {v: k for k, v in mw.TASK_INSTRUCTIONS.items()}
 
 
 def _zeros_like_row(dim: int) -> dict[str, np.ndarray]:
@@ -404,31 +400,6 @@ def make_eval_step(model, num_bins: int, num_steps: int):
   return eval_step
 
 
-def load_params(export_dir: str, model_config, mesh, rules, fsdp_axes):
-  """The export's params restored straight into the trainer's FSDP layout on `mesh` (any host count)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from pi0_jax import weights  # pylint: disable=g-import-not-at-top
-  from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.join(export_dir, "params"))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no params; expected an export directory written by pi0_jax.export")
-  with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(path).item_metadata
-  flat_meta = weights.flatten(dict(meta.tree if hasattr(meta, "tree") else meta))
-  abstract = weights.abstract_params(model_config)
-  weights.check_tree({k: tuple(v.shape) for k, v in flat_meta.items()},
-                     {k: tuple(v.shape) for k, v in weights.flatten(abstract).items()}, path,
-                     note="the export's params do not fit its model_config.json")
-  specs = sharding.param_specs(abstract, mesh, [tuple(r) for r in rules], fsdp_axes)
-  flat_specs = weights.flatten(specs)
-  restore_args = weights.unflatten({k: ocp.ArrayRestoreArgs(sharding=jax.sharding.NamedSharding(mesh, flat_specs[k]))
-                                    for k in flat_meta})
-  with ocp.PyTreeCheckpointer() as ckptr:
-    return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=weights.unflatten(flat_meta),
-                                                           restore_args=restore_args))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Driver.
 
@@ -460,25 +431,10 @@ def group_data_config(group: EvalGroup, train_data: Mapping[str, Any], *, tokeni
   return cfg
 
 
-def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineSettings, *, train_config: Mapping,
-                mesh_axes: Sequence[Sequence[Any]] | None = None, progress: bool = True) -> dict[str, Any]:
-  """Evaluates every group (module docstring); returns {"settings", "mesh", "groups": [...]} (JSON-able)."""
+def _batch_size(settings: OfflineSettings, train_config: Mapping, mesh, data_axes: Sequence[str]) -> int:
+  """The global eval batch: the setting, else the run's, rounded up to fit the data-parallel size and hosts."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from pi0_jax.data import config as config_lib, pipeline  # pylint: disable=g-import-not-at-top
-  from pi0_jax.data.tokenizer import PromptTokenizer  # pylint: disable=g-import-not-at-top
-  from pi0_jax.evaluate import rollout  # pylint: disable=g-import-not-at-top
-  from pi0_jax.model import Pi0, Pi0Config  # pylint: disable=g-import-not-at-top
-  from pi0_jax.train import setup, sharding  # pylint: disable=g-import-not-at-top
-
-  train_data = dict(train_config.get("data") or {})
-  data_axes = tuple(train_config.get("data_axes") or ("data",))
-  fsdp_axes = tuple(train_config.get("fsdp_axes") or ())
-  rules = train_config.get("sharding_rules") or [[".*", "auto"]]
-  mesh = setup.eval_mesh(mesh_axes or train_config.get("mesh") or [["data", -1]], data_axes, fsdp_axes)
-  model_config = Pi0Config.from_dict(rollout.read_json(os.path.join(export_dir, "model_config.json"),
-                                                       "model config")).replace(activation_batch_axes=data_axes)
-  model = Pi0(model_config)
+  from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
   dp = sharding.data_parallel_size(mesh, data_axes)
   step_count = max(1, jax.process_count())
   batch = int(settings.batch_size or train_config.get("global_batch") or 32)
@@ -488,83 +444,104 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
     log.warning("offline: batch %d is not divisible by the data-parallel size %d and process count %d; using %d",
                 batch, dp, step_count, rounded)
     batch = rounded
+  return batch
+
+
+def _group_data(cfg: dict, model_config, settings: OfflineSettings, *, batch: int, mesh,
+                data_axes: Sequence[str]) -> tuple[Any, dict]:
+  """The eval pipeline of one group's data config, its frame budget spread over every episode, and its sizes.
+
+  Plans first (every check, and the episode lengths), then sizes the per-episode frame cap to the budget.
+  """
+  from pi0_jax.data import config as config_lib, pipeline  # pylint: disable=g-import-not-at-top
+  data_settings = config_lib.settings_from_config(cfg, model_config, seed=settings.seed)
+  lengths = []
+  for i, source in enumerate(data_settings.datasets):
+    plan = pipeline.plan_dataset(i, source, data_settings, train=False)
+    record = stats_lib.load_or_scan(plan.builder, source.name, plan.spec, plan.split,
+                                    cache_dir=data_settings.stats_dir,
+                                    num_parallel_calls=data_settings.num_parallel_calls)
+    lengths += [n for n in record["episode_lengths"]["length"] if n >= data_settings.min_length]
+  total_frames = int(sum(lengths))
+  wanted = settings.batches or math.ceil(total_frames / batch)
+  cap = _frames_cap(lengths, wanted * batch)
+  frames_used = int(np.minimum(lengths, cap).sum()) if cap else total_frames
+  sizes = {"batches": min(wanted, math.ceil(frames_used / batch)), "batch_size": batch,
+           "frames_in_split": total_frames, "max_frames_per_episode": cap}
+  data = pipeline.make_eval_data(dict(cfg, max_frames_per_episode=cap), model_config, global_batch=batch, mesh=mesh,
+                                 data_axes=data_axes, seed=settings.seed)
+  return data, sizes
+
+
+def _evaluate_group(group: EvalGroup, data, num_batches: int, *, eval_step, params, mesh, key, instruction,
+                    horizon: int, settings: OfflineSettings, progress: bool) -> dict[str, Any]:
+  """Runs `num_batches` eval steps over one group's data; returns ChunkMetrics.result()."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  stats = group.action_stats
+  metrics = ChunkMetrics(horizon, settings.num_bins, settings.examples)
+  bar = tqdm(range(num_batches), desc=f"offline {group.name}", unit="batch",
+             disable=not (progress and jax.process_index() == 0), dynamic_ncols=True)
+  for b in bar:
+    with jax.set_mesh(mesh):
+      out = eval_step(params, data.next_batch(), jax.random.fold_in(key, b))
+    out = jax.device_get(out)
+    texts = [instruction(t, m) for t, m in zip(out["tokenized_prompt"], out["tokenized_prompt_mask"])]
+    metrics.add(pred=out["pred"], actions=out["actions"], action_pad_mask=out["action_pad_mask"],
+                action_dim_mask=out["action_dim_mask"], instructions=texts, action_stats=[stats] * len(texts),
+                loss_sums=out["loss_sums"])
+    mse = metrics.result()["mse"]
+    if mse is not None:
+      bar.set_postfix(mse=f"{mse:.4g}", refresh=False)
+  bar.close()
+  return metrics.result()
+
+
+def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineSettings, *, train_config: Mapping,
+                mesh_axes: Sequence[Sequence[Any]] | None = None, progress: bool = True) -> dict[str, Any]:
+  """Evaluates every group (module docstring); returns {"settings", "mesh", "groups": [...]} (JSON-able)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pi0_jax.data.tokenizer import PromptTokenizer  # pylint: disable=g-import-not-at-top
+  from pi0_jax.model import Pi0, Pi0Config  # pylint: disable=g-import-not-at-top
+  from pi0_jax.train import setup  # pylint: disable=g-import-not-at-top
+
+  train_data = dict(train_config.get("data") or {})
+  data_axes = tuple(train_config.get("data_axes") or ("data",))
+  fsdp_axes = tuple(train_config.get("fsdp_axes") or ())
+  mesh = setup.eval_mesh(mesh_axes or train_config.get("mesh") or [["data", -1]], data_axes, fsdp_axes)
+  model_config = Pi0Config.from_dict(export_lib.read_export_json(export_dir, "model_config.json")).replace(
+      activation_batch_axes=data_axes)
+  batch = _batch_size(settings, train_config, mesh, data_axes)
   tokenizer_path = os.path.join(export_dir, "tokenizer.model")
   tokenizer = PromptTokenizer(tokenizer_path, model_config.max_token_len)
-  is_main = jax.process_index() == 0
-
   with jax.set_mesh(mesh):
-    params = load_params(export_dir, model_config, mesh, rules, fsdp_axes)
-  eval_step = setup.jit_eval_step(make_eval_step(model, settings.num_bins, settings.num_steps), mesh)
+    params = export_lib.load_params(export_lib.params_dir(export_dir), model_config, mesh=mesh,
+                                    rules=train_config.get("sharding_rules") or [[".*", "auto"]],
+                                    fsdp_axes=fsdp_axes, note="the export's params do not fit its model_config.json")
+  eval_step = setup.jit_eval_step(make_eval_step(Pi0(model_config), settings.num_bins, settings.num_steps), mesh)
   base_key = jax.random.key(settings.seed)
-  def instruction_decoder(tasks: Sequence[str] | None):
-    """Token ids -> instruction. Known Meta-World instructions (of `tasks`, else all) are matched by their exact,
-    possibly truncated, tokens, so a prompt cut at max_token_len still names its task; others are decoded."""
-    decoded: dict[bytes, str] = {}
-    for text in sorted({bm.TASK_INSTRUCTIONS[t] for t in (tasks or bm.TASK_INSTRUCTIONS)
-                        if t in bm.TASK_INSTRUCTIONS}):
-      tokens, mask = tokenizer.tokenize(text)
-      key = np.asarray(tokens[mask], np.int32).tobytes()
-      decoded[key] = text if key not in decoded else tokenizer.decode(tokens[mask].tolist()).strip()
-
-    def instruction(tokens, mask) -> str:
-      key = np.asarray(tokens[mask], np.int32).tobytes()
-      if key not in decoded:
-        decoded[key] = tokenizer.decode(tokens[mask].tolist()).strip()
-      return decoded[key]
-
-    return instruction
-
   results = []
   with tempfile.TemporaryDirectory(prefix="pi0_eval_") as tmp:
     for g, group in enumerate(groups):
       norm_path = os.path.join(tmp, f"norm_stats_{g}.json")
-      with open(norm_path, "w") as f:
-        json.dump({"datasets": {s["name"]: group.norm_entry for s in group.sources}}, f)
-      # Plan first (every check, and the episode lengths), then size the per-episode frame cap to the budget.
+      files.write_json(norm_path, {"datasets": {s["name"]: group.norm_entry for s in group.sources}})
       cfg = group_data_config(group, train_data, tokenizer=tokenizer_path, norm_stats_path=norm_path,
                               settings=settings, max_frames=None)
-      data_settings = config_lib.settings_from_config(cfg, model_config, seed=settings.seed)
-      lengths = []
-      for i, source in enumerate(data_settings.datasets):
-        plan = pipeline.plan_dataset(i, source, data_settings, train=False)
-        record = stats_lib.load_or_scan(plan.builder, source.name, plan.spec, plan.split,
-                                        cache_dir=data_settings.stats_dir,
-                                        num_parallel_calls=data_settings.num_parallel_calls)
-        lengths += [n for n in record["episode_lengths"]["length"] if n >= data_settings.min_length]
-      total_frames = int(sum(lengths))
-      wanted = settings.batches or math.ceil(total_frames / batch)
-      cap = _frames_cap(lengths, wanted * batch)
-      frames_used = int(np.minimum(lengths, cap).sum()) if cap else total_frames
-      num_batches = min(wanted, math.ceil(frames_used / batch))
-      cfg["max_frames_per_episode"] = cap
-      data = pipeline.make_eval_data(cfg, model_config, global_batch=batch, mesh=mesh, data_axes=data_axes,
-                                     seed=settings.seed)
+      data, sizes = _group_data(cfg, model_config, settings, batch=batch, mesh=mesh, data_axes=data_axes)
+      # Known Meta-World instructions (of the group's tasks, else all) are recognised even when cut at
+      # max_token_len; other prompts are decoded.
+      known = [mw.TASK_INSTRUCTIONS[t] for t in (group.tasks or mw.TASK_INSTRUCTIONS) if t in mw.TASK_INSTRUCTIONS]
+      result = _evaluate_group(group, data, sizes["batches"], eval_step=eval_step, params=params, mesh=mesh,
+                               key=jax.random.fold_in(base_key, g), instruction=tokenizer.decoder(known),
+                               horizon=model_config.action_horizon, settings=settings, progress=progress)
       stats = group.action_stats
-      instruction = instruction_decoder(group.tasks)
-      metrics = ChunkMetrics(model_config.action_horizon, settings.num_bins, settings.examples)
-      bar = tqdm(range(num_batches), desc=f"offline {group.name}", unit="batch", disable=not (progress and is_main),
-                 dynamic_ncols=True)
-      for b in bar:
-        with jax.set_mesh(mesh):
-          out = eval_step(params, data.next_batch(), jax.random.fold_in(jax.random.fold_in(base_key, g), b))
-        out = jax.device_get(out)
-        texts = [instruction(t, m) for t, m in zip(out["tokenized_prompt"], out["tokenized_prompt_mask"])]
-        metrics.add(pred=out["pred"], actions=out["actions"], action_pad_mask=out["action_pad_mask"],
-                    action_dim_mask=out["action_dim_mask"], instructions=texts, action_stats=[stats] * len(texts),
-                    loss_sums=out["loss_sums"])
-        mse = metrics.result()["mse"]
-        if mse is not None:
-          bar.set_postfix(mse=f"{mse:.4g}", refresh=False)
-      bar.close()
-      result = metrics.result()
-      result.update(group=group.name, kind=group.kind, datasets=data.report(), batches=num_batches,
-                    batch_size=batch, frames_in_split=total_frames, max_frames_per_episode=cap,
-                    norm_mode=stats.mode, action_dim=stats.dim)
+      result.update(group=group.name, kind=group.kind, datasets=data.report(), **sizes, norm_mode=stats.mode,
+                    action_dim=stats.dim)
       results.append(result)
   return {"settings": dataclasses.asdict(settings) | {"batch_size": batch},
           "mesh": {k: int(v) for k, v in mesh.shape.items()}, "groups": results}
 
 
 __all__ = ["ActionStats", "ChunkMetrics", "EvalGroup", "OfflineSettings", "bin_draws", "bin_edges",
-           "default_data_dir", "eval_groups", "group_data_config", "load_params", "make_eval_step", "run_offline",
+           "default_data_dir", "eval_groups", "group_data_config", "make_eval_step", "run_offline",
            "task_name"]

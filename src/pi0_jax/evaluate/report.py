@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pi0_jax import files
+
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 SUCCESS_PNG, LOSS_PNG, CHUNKS_PNG = "success_per_task.png", "loss_by_t.png", "chunks.png"
 
@@ -45,16 +47,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return lines + [""]
-
-
-def _json_default(x):
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, (set, tuple)):
-    return list(x)
-  return repr(x)
 
 
 def _clean(x):
@@ -279,7 +271,7 @@ def plot_chunks(groups: Sequence[Mapping[str, Any]], path: str, per_group: int =
 def write_report(out_dir: str, report: Mapping[str, Any]) -> dict[str, str]:
   """Writes report.json, report.md and the plots into `out_dir`; returns {what: path}."""
   os.makedirs(out_dir, exist_ok=True)
-  report = _clean(json.loads(json.dumps(report, default=_json_default)))
+  report = _clean(json.loads(json.dumps(report, default=files.json_default)))
   paths = {"json": os.path.join(out_dir, REPORT_JSON), "markdown": os.path.join(out_dir, REPORT_MD)}
   closed, offline = report.get("closed_loop"), report.get("offline")
   if closed and closed["summary"]:
@@ -290,9 +282,7 @@ def write_report(out_dir: str, report: Mapping[str, Any]) -> dict[str, str]:
     plot_losses(offline["groups"], paths["loss_plot"])
     paths["chunks_plot"] = os.path.join(out_dir, CHUNKS_PNG)
     plot_chunks(offline["groups"], paths["chunks_plot"])
-  with open(paths["json"], "w") as f:
-    json.dump(report, f, indent=2, allow_nan=False)
-    f.write("\n")
+  files.write_json(paths["json"], report, sort_keys=False)  # NaN is gone (_clean): standard JSON.
   with open(paths["markdown"], "w") as f:
     f.write(markdown(report))
   return paths

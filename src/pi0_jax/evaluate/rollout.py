@@ -2,7 +2,7 @@
 
 For each task class (the 10 ML10 train classes and the 5 held-out test classes by default) N episodes run on
 task variants (object and goal positions) that the demonstrations never showed: they come from
-`build_metaworld._variants` under an evaluation seed that differs from the seed the demo datasets were built
+`pi0_jax.envs.metaworld.variants` under an evaluation seed that differs from the seed the demo datasets were built
 with (checked by the caller, see pi0_jax.evaluate). Episode i of a task always gets the same variant and the
 same sampling noise, whichever worker runs it, so the policy and the mean-action baseline face identical
 episodes and a rerun reproduces the numbers.
@@ -24,26 +24,19 @@ Success rates get Wilson score 95% intervals (`wilson_interval`).
 
 from __future__ import annotations
 
-import os
-
-# Read by mujoco when the first renderer is made: EGL needs no display. One llvmpipe thread per process is
-# the faster choice on few cores (see build_metaworld).
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("LP_NUM_THREADS", "1")
-
 import concurrent.futures
 import dataclasses
-import json
 import math
 import multiprocessing
-import multiprocessing.util
+import os
 import time
 import zlib
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pi0_jax.data import build_metaworld as bm
+from pi0_jax import export as export_lib
+from pi0_jax.envs import metaworld as mw
 
 POLICY, BASELINE = "policy", "baseline"
 KINDS = (POLICY, BASELINE)
@@ -68,24 +61,6 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
 
 
 @dataclasses.dataclass(frozen=True)
-class RenderOptions:
-  """The camera settings the demo data was rendered with (build_metaworld.BuildOptions fields)."""
-
-  image_size: int = 64
-  scene_camera: str = "corner"
-  wrist_camera: str = "gripperPOV"
-  antialias_samples: int = 0
-
-  @classmethod
-  def from_build_options(cls, options: Mapping[str, Any]) -> "RenderOptions":
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in options]
-    if missing:
-      raise ValueError(f"build options {dict(options)}: missing {missing}; expected a build_report.json written "
-                       "by pi0_jax.data.build_metaworld.")
-    return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls)})
-
-
-@dataclasses.dataclass(frozen=True)
 class RolloutSettings:
   """Everything that decides the closed-loop episodes (also recorded in the report)."""
 
@@ -97,7 +72,7 @@ class RolloutSettings:
   num_steps: int = 10  # Euler steps of the flow sampler.
   seed: int = 1000  # Seed of the task variants (must differ from the demo data's build seed).
   noise_seed: int = 0  # Seed of the sampling noise.
-  render: RenderOptions = RenderOptions()
+  render: mw.RenderOptions = mw.RenderOptions()
   gifs: int = 0  # Episodes per task and policy saved as GIFs (the first ones).
   gif_dir: str | None = None
   dataset: str | None = None  # Which dataset's statistics the policy uses (export norm_stats.json).
@@ -105,17 +80,16 @@ class RolloutSettings:
 
   def __post_init__(self):
     object.__setattr__(self, "tasks", tuple(self.tasks))
-    unknown = [t for t in self.tasks if t not in bm.TASK_INSTRUCTIONS]
+    unknown = [t for t in self.tasks if t not in mw.TASK_INSTRUCTIONS]
     if unknown:
-      raise ValueError(f"tasks {unknown}: not ML10 task classes; expected some of {sorted(bm.TASK_INSTRUCTIONS)}")
+      raise ValueError(f"tasks {unknown}: not ML10 task classes; expected some of {sorted(mw.TASK_INSTRUCTIONS)}")
     if not self.tasks:
       raise ValueError("tasks: at least one task class is needed")
     if self.episodes_per_task < 1:
       raise ValueError(f"episodes_per_task: expected >= 1, got {self.episodes_per_task}")
     if self.replan_every < 1:
       raise ValueError(f"replan_every: expected >= 1, got {self.replan_every}")
-    if not 1 <= self.max_steps <= 500:
-      raise ValueError(f"max_steps: expected 1..500 (Meta-World's episode limit), got {self.max_steps}")
+    mw.check_max_steps(self.max_steps)
     if self.num_steps < 1:
       raise ValueError(f"num_steps: expected >= 1 Euler step, got {self.num_steps}")
     if self.gifs < 0:
@@ -132,33 +106,7 @@ class EpisodeJob:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Export files read without JAX (the baseline needs no model).
-
-
-def read_json(path: str, what: str) -> Any:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{what}: {path} does not exist (is the directory an export made by pi0_jax.export?)")
-  with open(path) as f:
-    return json.load(f)
-
-
-def dataset_norm_entry(norm_stats: Mapping[str, Any], dataset: str | None) -> tuple[str | None, dict]:
-  """(name, entry) of one dataset in an export's norm_stats.json; entry holds norm_stats, norm_mode, dims.
-
-  `dataset` None picks the only dataset; with several, naming one is required.
-  """
-  per_dataset = dict(norm_stats.get("datasets") or {})
-  if dataset is not None:
-    if dataset not in per_dataset:
-      raise ValueError(f"dataset {dataset!r}: no statistics in the export's norm_stats.json; it has "
-                       f"{sorted(per_dataset)}")
-    return dataset, per_dataset[dataset]
-  if len(per_dataset) == 1:
-    return next(iter(per_dataset.items()))
-  if not per_dataset and "norm_stats" in norm_stats:
-    return None, dict(norm_stats)
-  raise ValueError(f"the export was trained on {len(per_dataset)} datasets {sorted(per_dataset)}: name the one "
-                   "whose statistics (and action space) the policy should use (--dataset)")
+# The baseline: export files read without JAX (it needs no model).
 
 
 class MeanActionPolicy:
@@ -169,10 +117,10 @@ class MeanActionPolicy:
   """
 
   def __init__(self, export_dir: str, dataset: str | None = None):
-    norm_stats = read_json(os.path.join(export_dir, "norm_stats.json"), "norm statistics")
-    self.dataset, entry = dataset_norm_entry(norm_stats, dataset)
+    self.dataset, entry = export_lib.norm_stats_entry(export_lib.read_export_json(export_dir, "norm_stats.json"),
+                                                      dataset, metadata=export_lib.read_export_metadata(export_dir))
     self.mean_action = np.asarray(entry["norm_stats"]["actions"]["mean"], np.float32)
-    model = read_json(os.path.join(export_dir, "model_config.json"), "model config")
+    model = export_lib.read_export_json(export_dir, "model_config.json")
     self.horizon = int(model["action_horizon"])
     self.action_dim = int(self.mean_action.shape[0])
 
@@ -188,19 +136,8 @@ class MeanActionPolicy:
 # ---------------------------------------------------------------------------------------------------------------
 # Worker side: one episode.
 
-# Per worker process: the policies, the current task's env and cameras, and the variants made so far.
+# Per worker process: the policies and the variants made so far (the env and cameras: mw.process_env).
 _WORKER: dict[str, Any] = {}
-
-
-def _close_worker():
-  # Renderers are freed here, not at interpreter teardown, where EGL may already be gone.
-  env_state = _WORKER.pop("env", None)
-  if env_state is not None:
-    env_state["cameras"].close()
-    env_state["env"].close()
-
-
-multiprocessing.util.Finalize(None, _close_worker, exitpriority=10)
 
 
 def _init_worker(platform: str | None):
@@ -231,25 +168,11 @@ def _variant(task: str, seed: int, episode: int):
   if len(made) <= episode:
     generators = _WORKER.setdefault("variant_generators", {})
     if (task, seed) not in generators:
-      generators[(task, seed)] = bm._variants(task, seed)  # pylint: disable=protected-access
+      generators[(task, seed)] = mw.variants(task, seed)
     generator = generators[(task, seed)]
     while len(made) <= episode:
       made.append(next(generator))
   return made[episode]
-
-
-def _env(task: str, render: RenderOptions, variant):
-  state = _WORKER.get("env")
-  if state is None or state["key"] != (task, render):
-    _close_worker()
-    env, _ = bm._make_env_and_policy(task)  # pylint: disable=protected-access
-    # The cameras' orientation test runs a forward pass, which needs a reset env.
-    env.set_task(variant)
-    env.reset()
-    cameras = bm.Cameras(env.model, env.data, (render.scene_camera, render.wrist_camera), render.image_size,
-                         render.antialias_samples)
-    state = _WORKER["env"] = {"key": (task, render), "env": env, "cameras": cameras}
-  return state["env"], state["cameras"]
 
 
 def episode_noise_rng(noise_seed: int, task: str, episode: int) -> np.random.Generator:
@@ -268,21 +191,20 @@ def _gif_frame(scene: np.ndarray, wrist: np.ndarray, success: bool) -> np.ndarra
 def _observation(frames: Sequence[np.ndarray], obs: np.ndarray, camera_keys: Sequence[str], prompt: str) -> dict:
   """The policy's input at one step, laid out as the demo builder stored the step (images, state, prompt)."""
   images = dict(zip((SCENE_KEY, WRIST_KEY), frames))
-  return {"images": {k: images[k] for k in camera_keys}, "state": np.asarray(obs[:bm.STATE_DIM], np.float32),
+  return {"images": {k: images[k] for k in camera_keys}, "state": np.asarray(obs[:mw.STATE_DIM], np.float32),
           "prompt": prompt}
 
 
-def first_observation(task: str, seed: int, episode: int, render: RenderOptions) -> dict[str, Any]:
+def first_observation(task: str, seed: int, episode: int, render: mw.RenderOptions) -> dict[str, Any]:
   """The first observation of evaluation episode `episode` of `task` under variant seed `seed`, with its variant.
 
   For checks that rollouts see what the training data shows: under the demo data's build seed, episode i is
   the builder's attempt i. Call it in a process without TensorFlow (e.g. a spawned worker).
   """
   variant_seed, variant_index, variant = _variant(task, seed, episode)
-  env, cameras = _env(task, render, variant)
-  env.set_task(variant)
-  obs, _ = env.reset()
-  out = _observation(cameras.render(env.data), obs, (SCENE_KEY, WRIST_KEY), bm.TASK_INSTRUCTIONS[task])
+  env, cameras = mw.process_env(task, render, variant)
+  obs = mw.reset_to(env, variant)
+  out = _observation(cameras.render(env.data), obs, (SCENE_KEY, WRIST_KEY), mw.TASK_INSTRUCTIONS[task])
   return {**out, "variant_seed": int(variant_seed), "variant_index": int(variant_index)}
 
 
@@ -291,7 +213,7 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
   start = time.time()
   policy = _policy(job.kind, settings)
   variant_seed, variant_index, variant = _variant(job.task, settings.seed, job.episode)
-  env, cameras = _env(job.task, settings.render, variant)
+  env, cameras = mw.process_env(job.task, settings.render, variant)
   noise_rng = episode_noise_rng(settings.noise_seed, job.task, job.episode)
   if job.kind == POLICY:
     noise_shape = (policy.config.action_horizon, policy.config.action_dim)
@@ -299,14 +221,13 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
     unknown = [k for k in camera_keys if k not in (SCENE_KEY, WRIST_KEY)]
     if unknown:
       raise ValueError(f"the policy reads cameras {list(camera_keys)}; a Meta-World rollout renders only "
-                       f"{[SCENE_KEY, WRIST_KEY]} (the keys build_metaworld stores)")
+                       f"{[SCENE_KEY, WRIST_KEY]} (the keys pi0_jax.data.build_metaworld stores)")
   else:
     noise_shape, camera_keys = None, (SCENE_KEY, WRIST_KEY)
   record_gif = job.episode < settings.gifs
-  instruction = bm.TASK_INSTRUCTIONS[job.task]
+  instruction = mw.TASK_INSTRUCTIONS[job.task]
 
-  env.set_task(variant)
-  obs, _ = env.reset()
+  obs = mw.reset_to(env, variant)
   chunk, position = None, 0
   success, first_success, total_reward, infer_ms, gif = False, None, 0.0, [], []
   steps = min(settings.max_steps, env.max_path_length)
@@ -317,9 +238,9 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
       out = policy.infer(_observation((scene, wrist), obs, camera_keys, instruction), noise=noise,
                          num_steps=settings.num_steps)
       chunk, position = np.asarray(out["actions"], np.float32), 0
-      if chunk.ndim != 2 or chunk.shape[1] != bm.ACTION_DIM:
+      if chunk.ndim != 2 or chunk.shape[1] != mw.ACTION_DIM:
         raise ValueError(f"{job.kind} returned actions of shape {chunk.shape}; expected [horizon, "
-                         f"{bm.ACTION_DIM}] (Meta-World's action space)")
+                         f"{mw.ACTION_DIM}] (Meta-World's action space)")
       infer_ms.append(float(out.get("infer_ms", 0.0)))
     action = np.clip(chunk[position], -1.0, 1.0)
     position += 1
@@ -435,7 +356,7 @@ def summarize(records: Iterable[Mapping[str, Any]], tasks: Sequence[str]) -> dic
       n, k = len(episodes), sum(bool(e["success"]) for e in episodes)
       first = [e["first_success_step"] for e in episodes if e["success"]]
       task_rows[task] = {
-          "split": "train" if task in bm.ML10_TRAIN_TASKS else "heldout",
+          "split": "train" if task in mw.ML10_TRAIN_TASKS else "heldout",
           "episodes": n, "successes": k, "success_rate": k / n, "ci95": list(wilson_interval(k, n)),
           "mean_steps": float(np.mean([e["steps"] for e in episodes])),
           "mean_first_success_step": float(np.mean(first)) if first else None,
@@ -455,6 +376,5 @@ def summarize(records: Iterable[Mapping[str, Any]], tasks: Sequence[str]) -> dic
   return out
 
 
-__all__ = ["BASELINE", "KINDS", "MeanActionPolicy", "POLICY", "RenderOptions", "RolloutSettings", "EpisodeJob",
-           "dataset_norm_entry", "episode_jobs", "first_observation", "run_closed_loop", "run_episode", "summarize",
-           "wilson_interval", "write_gif"]
+__all__ = ["BASELINE", "KINDS", "MeanActionPolicy", "POLICY", "RolloutSettings", "EpisodeJob", "episode_jobs",
+           "first_observation", "run_closed_loop", "run_episode", "summarize", "wilson_interval", "write_gif"]

@@ -457,10 +457,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.topology:
     raise app.UsageError("--topology is required, e.g. --topology=v5e:16x16.")
-  try:
-    report = _compile_from_flags(f)
-  except ValueError as e:  # A bad setting, found before compiling: the message is the whole story.
-    sys.exit(f"pi0_jax.aot: {e}")
+  report = _compile_from_flags(f)  # A bad setting raises ValueError before compiling (one line, see pi0_jax.cli).
   if f.json == "-":
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -201,10 +201,9 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
 
 
 def cli():
-  """Console script entry point (see setup.cfg)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  app.run(main)
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.train`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(main, None, __name__, description_from="pi0_jax.train.__main__")
 
 
 def initialize_distributed() -> None:

@@ -57,7 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from pi0_jax import weights  # noqa: E402
+from pi0_jax import logs, weights  # noqa: E402
 from pi0_jax.model import Observation, Pi0, Pi0Config, get_preset  # noqa: E402
 from pi0_jax.train import optimizer as optimizer_lib, sharding, step as step_lib  # noqa: E402
 from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
@@ -264,7 +264,8 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
     lowered = traced.lower()
   t_lowered = time.perf_counter()
   try:
-    compiled = lowered.compile()
+    with logs.compiling(f"the train step for {topology}"):
+      compiled = lowered.compile()
   except Exception as e:
     # The TPU compiler refuses a program whose buffers exceed the chip's HBM: that is an answer, not a crash.
     if "RESOURCE_EXHAUSTED" not in str(e):

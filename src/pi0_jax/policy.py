@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi0_jax import logs
 from pi0_jax.data import normalize as normalize_lib
 from pi0_jax.model import Observation, Pi0, Pi0Config
 
@@ -424,7 +425,8 @@ class Policy:
                                     (batch, config.action_horizon, config.action_dim), jnp.float32)
         return model.apply({"params": params}, obs, method="sample_actions", noise=noise, num_steps=num_steps)
 
-      self._compiled[key] = jax.jit(sample).lower(self._params, observation, noise_or_draw).compile()
+      with logs.compiling(f"the sampler (batch {batch}, {num_steps} steps)"):
+        self._compiled[key] = jax.jit(sample).lower(self._params, observation, noise_or_draw).compile()
     return self._compiled[key]
 
   def _noise(self, noise, batch: int, batched: bool):

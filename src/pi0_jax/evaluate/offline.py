@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pi0_jax import logs
 from pi0_jax.data import build_metaworld as bm
 from pi0_jax.data import normalize, stats as stats_lib
 
@@ -507,7 +508,8 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
   with jax.set_mesh(mesh):
     params = load_params(export_dir, model_config, mesh, rules, fsdp_axes)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  eval_step = jax.jit(make_eval_step(model, settings.num_bins, settings.num_steps), out_shardings=replicated)
+  eval_step = logs.log_first_call(jax.jit(make_eval_step(model, settings.num_bins, settings.num_steps),
+                                          out_shardings=replicated), "the offline eval step")
   base_key = jax.random.key(settings.seed)
   def instruction_decoder(tasks: Sequence[str] | None):
     """Token ids -> instruction. Known Meta-World instructions (of `tasks`, else all) are matched by their exact,

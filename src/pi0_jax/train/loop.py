@@ -133,11 +133,9 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
                                                 ema_decay=config.get("ema_decay")),
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
   first = train_data.next_batch()
-  with jax.set_mesh(mesh):
-    t0 = time.time()
+  with jax.set_mesh(mesh), logs.compiling("the train step"):
     traced = train_step.trace(state, first)
     compiled = traced.lower().compile()
-  logging.info("compiled the train step in %.1fs", time.time() - t0)
   # Matmul FLOPs of the traced step (scans counted by trip count; XLA's cost analysis counts loop bodies once).
   flops = metrics_lib.jaxpr_matmul_flops(traced.jaxpr)
   peak, peak_source = metrics_lib.device_peak_flops(config.get("device_peak_flops"))

@@ -6,8 +6,8 @@ Every command goes through `run`, so all of them behave alike:
   module's flags, and exits 0; `--helpfull` lists every flag.
 - An error the user can fix prints one line, `<command>: error: <message>`, and exits 1: a `UserError` (the
   project's `DataError`, `ParamTreeMismatchError`, ...), a `ValueError` (the project raises it for a bad
-  setting, with a message naming the setting and the expected value), a missing or unwritable file, or a
-  usage error. `--verbose` (or PI0_VERBOSE=1) prints the traceback as well. Anything else is a bug and
+  setting, with a message naming the setting and the expected value), an OSError (a missing or unwritable
+  file, a config file that does not load), or a usage error (also a --config.FIELD override of no field). `--verbose` (or PI0_VERBOSE=1) prints the traceback as well. Anything else is a bug and
   always shows its traceback.
 """
 
@@ -28,9 +28,9 @@ class UserError(Exception):
   """An error the user can fix (a flag, config, dataset or file): commands print its message alone."""
 
 
-# What the commands report in one line. The file errors' messages name the file.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-               PermissionError)
+# What the commands report in one line. OSError: a missing, unreadable or unwritable file (its message names
+# it), a config file that failed to load, a full disk, an unreachable bucket.
+USER_ERRORS = (UserError, ValueError, OSError)
 
 
 def run(main: Callable, define_flags: Callable[[], None] | None, module: str, *,
@@ -60,7 +60,8 @@ def run(main: Callable, define_flags: Callable[[], None] | None, module: str, *,
     except BrokenPipeError:  # `--help | head`
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
-  app.run(functools.partial(_main_reporting_errors, main, command))
+  app.run(functools.partial(_main_reporting_errors, main, command),
+          flags_parser=functools.partial(_parse_flags, command))
 
 
 def print_help(doc: str | None, *, full: bool = False) -> None:
@@ -71,6 +72,18 @@ def print_help(doc: str | None, *, full: bool = False) -> None:
   print((flags.FLAGS.get_help() if full else flags.FLAGS.main_module_help()).rstrip("\n"))
   if not full:
     print("\nTry --helpfull to get a list of all flags.")
+
+
+def _parse_flags(command: str, argv: list[str]) -> list[str]:
+  """absl's parser; a --config.FIELD=VALUE override of a field the config lacks (ml_collections raises
+  AttributeError or KeyError there, which absl does not catch) is a usage error too."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    field = str(e.args[0] if e.args else e).strip("'\" ")
+    _report(command, UserError(f"no config field {field!r} (in a --config.FIELD=VALUE override)"), "Try --help.")
+    sys.exit(1)
 
 
 def _main_reporting_errors(main: Callable, command: str, argv) -> None:

@@ -68,6 +68,18 @@ def test_help_exits_0_with_description_and_flags(name):
   assert "Traceback" not in proc.stderr
 
 
+def test_installed_console_scripts_help_exits_0():
+  """The wrappers pip wrote next to this python (an editable install; PYTHONPATH puts this tree first)."""
+  bin_dir = pathlib.Path(sys.executable).parent
+  installed = [name for name in sorted(SCRIPTS) if (bin_dir / name).exists()]
+  if not installed:
+    pytest.skip(f"no console scripts installed in {bin_dir}")
+  for name in installed:
+    proc = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith(_description(name).strip("\n").splitlines()[0]), (
+        name, proc.stderr[-2000:])
+
+
 @pytest.mark.parametrize("module, flag", [("pi0_jax.train", "--workdir"), ("pi0_jax.evaluate", "--checkpoint")])
 def test_python_m_help_exits_0(module, flag):
   proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=_env(),

@@ -97,6 +97,7 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   p = _run(_train_cmd(data, a, *flags), _env())
   assert p.returncode == 0, p.stderr[-3000:]
+  assert "compiling the train step ..." in p.stderr and re.search(r"compiled the train step in \d+\.\d s", p.stderr)
   # The same run, killed with SIGKILL right after starting the async save of step 3.
   p = _run(_train_cmd(data, b, *flags, "--kill_after_step=3"), _env())
   assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]

@@ -56,6 +56,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pi0_jax import logs  # noqa: E402
 from pi0_jax.model import Pi0Config, get_preset  # noqa: E402
 from pi0_jax.train import defaults, setup, sharding  # noqa: E402
 from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
@@ -191,7 +192,8 @@ def compile_config(config, *, topology: str, peak_flops: float | None = None, hb
     lowered = traced.lower()
   t_lowered = time.perf_counter()
   try:
-    compiled, compile_error = lowered.compile(), None
+    with logs.compiling(f"the train step for {topology}"):
+      compiled, compile_error = lowered.compile(), None
   except Exception as e:
     # The TPU compiler refuses a program whose buffers exceed the chip's HBM: that is an answer, not a crash.
     if "RESOURCE_EXHAUSTED" not in str(e):
@@ -399,10 +401,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.topology:
     raise app.UsageError("--topology is required, e.g. --topology=v5e:16x16.")
-  try:
-    report = _compile_from_flags(f)
-  except ValueError as e:  # A bad setting, found before compiling: the message is the whole story.
-    sys.exit(f"pi0_jax.aot: {e}")
+  report = _compile_from_flags(f)  # A bad setting raises ValueError before compiling (one line, see pi0_jax.cli).
   if f.json == "-":
     json.dump(report, sys.stdout, indent=2)
     print()

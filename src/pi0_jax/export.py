@@ -31,7 +31,6 @@ import datetime
 import os
 import shutil
 import subprocess
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -364,24 +363,16 @@ def _main(argv):
   f = flags.FLAGS
   if not f.workdir or not f.out:
     raise app.UsageError("--workdir and --out are required.")
-  try:
-    out = export(f.workdir, f.out, step=f.step, ema=f.ema, dtype=f.dtype, openpi_layout=f.openpi, force=f.force)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"export failed: {e}", file=sys.stderr)
-    sys.exit(1)
+  out = export(f.workdir, f.out, step=f.step, ema=f.ema, dtype=f.dtype, openpi_layout=f.openpi, force=f.force)
   meta = read_export_metadata(out)
   print(f"Exported step {meta['step']}{' (EMA)' if meta['ema'] else ''} of {meta['workdir']} as {meta['dtype']} "
         f"to {out}")
 
 
 def main():
-  """Console entry point: `python -m pi0_jax.export --help`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  if __name__ != "__main__":
-    sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  _define_flags()
-  app.run(_main)
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.export`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(_main, _define_flags, __name__)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_jax import export as export_lib
+from pi0_jax import export as export_lib, logs
 from pi0_jax.data import normalize as normalize_lib
 from pi0_jax.data.image_ops import resize_with_pad, to_model_images, to_model_range
 from pi0_jax.data.tokenizer import TokenCache
@@ -332,7 +332,8 @@ class Policy:
                                     (batch, config.action_horizon, config.action_dim), jnp.float32)
         return model.apply({"params": params}, obs, method="sample_actions", noise=noise, num_steps=num_steps)
 
-      self._compiled[key] = jax.jit(sample).lower(self._params, observation, noise_or_draw).compile()
+      with logs.compiling(f"the sampler (batch {batch}, {num_steps} steps)"):
+        self._compiled[key] = jax.jit(sample).lower(self._params, observation, noise_or_draw).compile()
     return self._compiled[key]
 
   def _noise(self, noise, batch: int, batched: bool):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
 import zipfile
 from typing import Any, Callable, Iterable, Mapping
 
@@ -30,6 +29,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
+
+from pi0_jax.cli import UserError
 
 __all__ = [
     "ParamTreeMismatchError", "abstract_params", "check_openpi_params", "check_paligemma_npz", "check_tree",
@@ -48,7 +49,7 @@ Shape = tuple[int, ...]
 ShardingSpec = Any  # None, one jax.sharding.Sharding, a tree of them, or a callable path -> Sharding.
 
 
-class ParamTreeMismatchError(ValueError):
+class ParamTreeMismatchError(UserError, ValueError):
   """A checkpoint's names, shapes or dtypes do not fit the model's parameter tree.
 
   Attributes: `missing`, `unexpected` (sorted lists of paths), `mismatched`
@@ -209,7 +210,11 @@ def npz_array_headers(path: str) -> dict[str, tuple[Shape, np.dtype] | None]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"PaliGemma checkpoint not found: {path}")
   out = {}
-  with zipfile.ZipFile(path) as zf:
+  try:
+    zf = zipfile.ZipFile(path)
+  except zipfile.BadZipFile as e:  # Its message ("File is not a zip file") names no file.
+    raise UserError(f"{path}: not a readable .npz (a zip archive of .npy arrays): {e}; an incomplete download?") from e
+  with zf:
     for name in zf.namelist():
       if not name.endswith(".npy"):
         out[name] = None
@@ -495,11 +500,7 @@ def _main(argv):
     raise app.UsageError("Nothing to do: pass --check (the only action so far).")
   if not (f.npz or f.openpi):
     raise app.UsageError("Pass --npz=FILE and/or --openpi=DIR.")
-  try:
-    print(check_main(npz=f.npz, openpi=f.openpi, config_preset=f.config_preset))
-  except (ParamTreeMismatchError, FileNotFoundError) as e:
-    print(e, file=sys.stderr)
-    sys.exit(1)
+  print(check_main(npz=f.npz, openpi=f.openpi, config_preset=f.config_preset))
 
 
 def cli():

@@ -21,8 +21,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pi0_jax.cli import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """A dataset does not fit its spec or the model; the message names dataset, episode and key."""
 
 

@@ -10,8 +10,6 @@ pi0_jax.evaluate package); JAX, TensorFlow and MuJoCo load only in the stages th
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 from pi0_jax import evaluate as evaluate_lib
@@ -83,28 +81,23 @@ def main(argv):
     raise app.UsageError("--checkpoint and --out are required.")
   from pi0_jax import logs  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
-  try:
-    path = evaluate_lib.evaluate(
-        _CHECKPOINT.value, _OUT.value, offline_batches=_OFFLINE_BATCHES.value,
-        offline_batch_size=_OFFLINE_BATCH_SIZE.value, t_bins=_T_BINS.value, examples=_EXAMPLES.value,
-        episodes_per_task=_EPISODES.value, tasks=_TASKS.value, replan_every=_REPLAN.value,
-        max_steps=_MAX_STEPS.value, num_steps=_NUM_STEPS.value, gifs=_GIFS.value, baseline=_BASELINE.value,
-        skip_offline=_SKIP_OFFLINE.value, skip_closed_loop=_SKIP_CLOSED_LOOP.value, data_dir=_DATA_DIR.value,
-        heldout_datasets=_HELDOUT.value, dataset=_DATASET.value, env_seed=_ENV_SEED.value, seed=_SEED.value,
-        num_workers=_NUM_WORKERS.value, rollout_platform=_ROLLOUT_PLATFORM.value, mesh=_mesh(_MESH.value),
-        stats_dir=_STATS_DIR.value, distributed=_DISTRIBUTED.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"evaluation failed: {e}", file=sys.stderr)
-    sys.exit(1)
+  path = evaluate_lib.evaluate(
+      _CHECKPOINT.value, _OUT.value, offline_batches=_OFFLINE_BATCHES.value,
+      offline_batch_size=_OFFLINE_BATCH_SIZE.value, t_bins=_T_BINS.value, examples=_EXAMPLES.value,
+      episodes_per_task=_EPISODES.value, tasks=_TASKS.value, replan_every=_REPLAN.value,
+      max_steps=_MAX_STEPS.value, num_steps=_NUM_STEPS.value, gifs=_GIFS.value, baseline=_BASELINE.value,
+      skip_offline=_SKIP_OFFLINE.value, skip_closed_loop=_SKIP_CLOSED_LOOP.value, data_dir=_DATA_DIR.value,
+      heldout_datasets=_HELDOUT.value, dataset=_DATASET.value, env_seed=_ENV_SEED.value, seed=_SEED.value,
+      num_workers=_NUM_WORKERS.value, rollout_platform=_ROLLOUT_PLATFORM.value, mesh=_mesh(_MESH.value),
+      stats_dir=_STATS_DIR.value, distributed=_DISTRIBUTED.value)
   print(f"Report: {path}")
 
 
 def cli():
-  """Console script entry point (see setup.cfg)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  app.run(main)
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.evaluate`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(main, None, __name__)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pi0_jax import export as export_lib, files
+from pi0_jax import export as export_lib, files, logs
 from pi0_jax.data import normalize, stats as stats_lib
 from pi0_jax.envs import metaworld as mw
 
@@ -518,7 +518,9 @@ def run_offline(export_dir: str, groups: Sequence[EvalGroup], settings: OfflineS
     params = export_lib.load_params(export_lib.params_dir(export_dir), model_config, mesh=mesh,
                                     rules=train_config.get("sharding_rules") or [[".*", "auto"]],
                                     fsdp_axes=fsdp_axes, note="the export's params do not fit its model_config.json")
-  eval_step = setup.jit_eval_step(make_eval_step(Pi0(model_config), settings.num_bins, settings.num_steps), mesh)
+  eval_step = logs.log_first_call(
+      setup.jit_eval_step(make_eval_step(Pi0(model_config), settings.num_bins, settings.num_steps), mesh),
+      "the offline eval step")
   base_key = jax.random.key(settings.seed)
   results = []
   with tempfile.TemporaryDirectory(prefix="pi0_eval_") as tmp:

@@ -140,11 +140,10 @@ def _compile(ts, state, batch):
   import jax
   from pi0_jax.train import metrics as metrics_lib
 
-  with jax.set_mesh(ts.mesh):
-    t0 = time.time()
+  from pi0_jax import logs
+  with jax.set_mesh(ts.mesh), logs.compiling("the train step"):
     traced = ts.train_step().trace(state, batch)
     compiled = traced.lower().compile()
-  logging.info("compiled the train step in %.1fs", time.time() - t0)
   return compiled, metrics_lib.jaxpr_matmul_flops(traced.jaxpr)
 
 
@@ -228,10 +227,9 @@ def _log(writer, progress, step: int, m: dict, dt: float, batch: int, flops: flo
 
 
 def cli():
-  """Console script entry point (see setup.cfg)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.argv[0] = __name__  # absl's --help lists the flags of the module that argv[0] names.
-  app.run(main)
+  """Console script entry point (see setup.cfg); also `python -m pi0_jax.train`."""
+  from pi0_jax import cli as cli_lib  # pylint: disable=g-import-not-at-top
+  cli_lib.run(main, None, __name__, description_from="pi0_jax.train.__main__")
 
 
 def initialize_distributed() -> None:

@@ -8,7 +8,9 @@ Fields (all optional except `datasets`):
       data_dir          TFDS root holding <name>/<version>/
       version           with data_dir or a .../<name> dir: which version (default: the newest)
       weight            explicit mixture weight (default: frames ** weight_exponent)
-      spec              name of the DATASETS entry to standardise with (default: `name`)
+      spec              its DatasetSpec (default: the DATASETS entry called `name`): a DATASETS name,
+                        "module:NAME" of a DatasetSpec, or a dict of DatasetSpec fields with `transform` and
+                        `episode_filter` as "module:function" (pi0_jax.data.specs.resolve); checked here
       split             training split (default "train"); eval_split: evaluation split (default "val")
   weight_exponent       0.43: pi0's n^0.43 mixture rule
   seed                  None: the experiment's seed. Every random choice (file order, mixing, shuffle,
@@ -59,13 +61,14 @@ class DatasetSource:
   data_dir: str | None = None
   version: str | None = None
   weight: float | None = None
-  spec: str | None = None
+  spec: Any = None  # str, or a dict of DatasetSpec fields (kept JSON-able: it is part of the stream fingerprint)
   split: str = "train"
   eval_split: str = "val"
 
-  @property
-  def spec_name(self) -> str:
-    return self.spec or self.name
+  def resolve_spec(self, specs: Mapping | None = None, index: int | None = None):
+    from pi0_jax.data import specs as specs_lib
+    where = f"config.data.datasets[{index}] ({self.name!r}).spec" if index is not None else None
+    return specs_lib.resolve(self.spec, name=self.name, specs=specs, where=where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +111,12 @@ def _plain(x):
   return x.to_dict() if hasattr(x, "to_dict") else x
 
 
-def settings_from_config(data_config, model_config, *, seed: int = 0) -> DataSettings:
-  """Resolves `config.data` against a Pi0Config; unknown fields are an error (typos must not pass silently)."""
+def settings_from_config(data_config, model_config, *, seed: int = 0, specs: Mapping | None = None) -> DataSettings:
+  """Resolves `config.data` against a Pi0Config; unknown fields are an error (typos must not pass silently).
+
+  Every dataset's spec is resolved here too (specs: the table names refer to; default specs.DATASETS), so a
+  bad spec fails with the dataset and field named before any data is opened.
+  """
   d = dict(_plain(data_config))
   known = {f.name for f in dataclasses.fields(DataSettings)} - {"image_keys", "resolution", "action_dim", "horizon",
                                                                 "max_token_len"}
@@ -129,7 +136,11 @@ def settings_from_config(data_config, model_config, *, seed: int = 0) -> DataSet
                        f"fields are {sorted(_DATASET_FIELDS)}.")
     if not entry.get("dir") and not entry.get("data_dir"):
       raise ValueError(f"config.data.datasets[{i}] ({entry['name']!r}): give `dir` or `data_dir`.")
+    if entry.get("spec") is not None and not isinstance(entry["spec"], str):
+      entry["spec"] = dict(_plain(entry["spec"]))
     sources.append(DatasetSource(**entry))
+  for i, source in enumerate(sources):
+    source.resolve_spec(specs, i)
   names = [s.name for s in sources]
   if len(set(names)) != len(names):
     raise ValueError(f"config.data.datasets: dataset names must be unique, got {names}.")

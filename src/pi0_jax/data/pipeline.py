@@ -91,10 +91,11 @@ def plan_dataset(index: int, source: DatasetSource, settings: DataSettings, *, t
                  specs: Mapping[str, DatasetSpec] | None = None) -> DatasetPlan:
   from pi0_jax.data import rlds
   name = source.name
-  spec = specs_lib.get_spec(source.spec_name, specs)
+  spec = source.resolve_spec(specs, index)
   builder = rlds.open_builder(name, dir=source.dir, data_dir=source.data_dir, version=source.version)
-  validate.check_features(name, builder.info.features["steps"].feature, spec, max_dim=settings.action_dim)
   split = source.split if train else source.eval_split
+  validate.check_features(name, builder.info.features["steps"].feature, spec, max_dim=settings.action_dim,
+                          transformed=rlds.transformed_steps_spec(builder, name, spec, source.split))
   rlds.process_split(builder, name, split, 0, 1)  # The split exists.
   scan = lambda s: stats_lib.load_or_scan(builder, name, spec, s, cache_dir=settings.stats_dir,  # noqa: E731
                                           num_parallel_calls=settings.num_parallel_calls)
@@ -306,6 +307,7 @@ class DataPipeline:
     for d in s["datasets"]:  # Where a dataset lies does not change the stream; what it holds does.
       d.pop("dir"), d.pop("data_dir")
     s["identities"] = [p.identity for p in self.plans]
+    s["specs"] = [p.spec.fingerprint() for p in self.plans]  # A changed transform changes the stream.
     s.update(train=self.train, global_batch=self.global_batch)
     # A global_batch split gives the same stream for any process count: a run may resume on another one.
     if with_process or self.settings.host_split != "global_batch":
@@ -499,7 +501,7 @@ def make_data(data_config, model_config, *, global_batch: int, train: bool, mesh
   tokenize_fn(prompt) -> (int32 [max_token_len], bool [max_token_len]) replaces the config's tokenizer.
   specs replaces the dataset table (pi0_jax.data.specs.DATASETS).
   """
-  settings = config_lib.settings_from_config(data_config, model_config, seed=seed)
+  settings = config_lib.settings_from_config(data_config, model_config, seed=seed, specs=specs)
   process_index, process_count = hosts.process_info(process_index, process_count)
   hosts.local_batch_size(global_batch, process_count)  # Divisible, or an error now.
   if mesh is not None:

@@ -31,9 +31,15 @@ Fields (all optional except `datasets`):
   skip_bad_episodes     False: the first bad episode is an error; True: bad ones are skipped and counted
   min_episode_length    None: the action horizon; shorter episodes are bad input (1 keeps them, padded)
   max_frames_per_episode  None; else long episodes contribute a random subset of this many frames
-  iterator_state        "checkpoint": the trainer's state() writes the tf.data iterator (its shuffle buffer
-                        included) under <workdir>/data_state; "replay": only the batch count is kept and a
-                        restore re-reads the stream, skipping frames before decoding
+  iterator_state        "replay" (default): the data position is the batch count; every process derives its
+                        seeds from (seed, process index), so a restore re-creates the same stream and skips
+                        that many frames before decoding (as big_vision and Octo resume). The position is a
+                        few hundred bytes of checkpoint metadata whatever the shuffle buffer; the restore
+                        re-reads the skipped frames (rate measured by benchmarks/data.py --measure_state).
+                        "checkpoint": the trainer's state() also writes each process's tf.data iterator,
+                        its shuffle buffer of encoded frames included, under <workdir>/data_state: about
+                        shuffle_buffer x encoded frame bytes per process at every checkpoint, in exchange for
+                        an immediate restore; for small buffers only
   keep_iterator_states  3 iterator checkpoints kept per process
   host_split            "episodes": each process reads a disjoint part of every dataset and mixes, shuffles and
                         batches it on its own (scales to any pod; the stream depends on the process count).
@@ -98,7 +104,7 @@ class DataSettings:
   skip_bad_episodes: bool = False
   min_episode_length: int | None = None
   max_frames_per_episode: int | None = None
-  iterator_state: str = "checkpoint"
+  iterator_state: str = "replay"
   keep_iterator_states: int = 3
   host_split: str = "episodes"
 

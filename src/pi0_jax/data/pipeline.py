@@ -289,12 +289,14 @@ class DataPipeline:
 
   # Stream construction and position.
 
+  def _skip_frames(self, batches: int) -> int:
+    """Frames of this process's stream before batch `batches` (of the global stream under global_batch)."""
+    return batches * (self.global_batch if self.settings.host_split == "global_batch" else self.local_batch)
+
   def _build(self, skip_batches: int) -> None:
     self._dataset, self.weights = build_stream(
         self.plans, self.settings, local_batch=self.local_batch, process_index=self.process_index,
-        process_count=self.process_count, train=self.train,
-        skip_frames=skip_batches * (self.global_batch if self.settings.host_split == "global_batch"
-                                    else self.local_batch))
+        process_count=self.process_count, train=self.train, skip_frames=self._skip_frames(skip_batches))
     self._iterator = iter(self._dataset)
     self.batches = skip_batches
 
@@ -423,8 +425,9 @@ class DataPipeline:
   def state(self) -> dict:
     """JSON-able position for the trainer's checkpoint metadata, identical on every process.
 
-    It describes the position after the last batch returned by next_batch(). With iterator_state=
-    "checkpoint" and a state_root, each process also writes its iterator to
+    It describes the position after the last batch returned by next_batch(): the batch count and the
+    frames each process skips to get there (its seeds derive from config.data.seed and its index). With
+    iterator_state="checkpoint" and a state_root, each process also writes its iterator to
     <state_root>/process_<i>/batch_<k> (the newest keep_iterator_states are kept); a restore without that
     directory falls back to replay.
     """
@@ -435,7 +438,8 @@ class DataPipeline:
       kept = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(process_dir) if re.fullmatch(r"batch_\d+/?", d))
       for old in kept[:-max(1, self.settings.keep_iterator_states)]:
         tf.io.gfile.rmtree(os.path.join(process_dir, old))
-    return {"batches": self.batches, "mode": self.settings.iterator_state, "fingerprint": self._stream_hash()}
+    return {"batches": self.batches, "skip_frames": self._skip_frames(self.batches),
+            "mode": self.settings.iterator_state, "fingerprint": self._stream_hash()}
 
   def _stream_hash(self) -> str:
     blob = json.dumps(self.fingerprint(with_process=False), sort_keys=True).encode()

@@ -199,3 +199,37 @@ def test_language_table_instructions_are_decoded():
   out = oxe.language_table_transform(steps)
   assert [s.decode() for s in out["language_instruction"].numpy()] == ["push", "push"]
   np.testing.assert_array_equal(out["action"], [[1, 1, 0, 0, 0, 0, 1]] * 2)
+
+
+def _load_config(name: str):
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_oxe_pretrain_config_weights(tmp_path):
+  from pi0_jax.data import config as config_lib, mixture
+  from pi0_jax.model.config import Pi0Config
+  module = _load_config("pi0_oxe_pretrain")
+  c = module.get_config("data_dir=gs://b/oxe")
+  names = [d["name"] for d in c.data.datasets]
+  assert names == list(oxe.OXE) and c.data.iterator_state == "replay" and c.data.shuffle_buffer == 250_000
+  # Not local: n^0.43 of the published episode counts, relative to each other as in pi0's rule.
+  weights = mixture.mixture_weights([1] * 21, explicit=[d["weight"] for d in c.data.datasets])
+  expected = np.array([oxe.OXE[n].episodes for n in names], np.float64) ** 0.43
+  np.testing.assert_allclose(weights, expected / expected.sum())
+  settings = config_lib.settings_from_config(c.data, Pi0Config.from_dict(c.model.to_dict()))
+  assert [s.resolve_spec().action_dim for s in settings.datasets] == [7] * 21
+  # Local data: the pipeline counts frames (no explicit weights).
+  for n in ("bridge", "toto"):
+    (tmp_path / n).mkdir()
+  local = module.get_config(f"data_dir={tmp_path},datasets=bridge+toto")
+  assert [(d["name"], d["weight"]) for d in local.data.datasets] == [("bridge", None), ("toto", None)]
+  with pytest.raises(ValueError, match=r"datasets \['nope'\] are not in pi0_jax.data.oxe.OXE"):
+    module.get_config("datasets=bridge+nope")
+  full = _load_config("pi0_metaworld_full").get_config("data_dir=gs://b/rlds")
+  assert full.model == c.model and full.mesh == c.mesh and full.data.datasets[0]["name"] == "metaworld_ml10_train"

@@ -166,7 +166,7 @@ def _rt1_steps(gripper):
 
 def test_relative_gripper_commands_become_absolute():
   # Close at step 1, open at step 4: open before the first close, then hold each command.
-  out = oxe.fractal_transform(_rt1_steps([0.0, 1.0, 0.0, 0.05, -1.0, 0.0]))["action"]
+  out = oxe.rt1_transform(_rt1_steps([0.0, 1.0, 0.0, 0.05, -1.0, 0.0]))["action"]
   np.testing.assert_array_equal(out[:, 6], [1, 0, 0, 0, 1, 1])
   np.testing.assert_array_equal(out[:, :3], np.ones((6, 3)))
   # A first "open" means it was closed before; no command at all: open throughout.

@@ -28,9 +28,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-import tensorflow as tf
-
 from pi0_jax.data.specs import DatasetSpec
+
+
+class _LazyTensorFlow:
+  """TensorFlow, imported on first use: the table is read by TF-free processes (pi0_jax.policy, configs)."""
+
+  def __getattr__(self, name):
+    import tensorflow  # pylint: disable=g-import-not-at-top
+    return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 # --- Gripper and rotation conventions (TF ops on [T, ...] tensors) -----------------------------------
 
@@ -85,19 +94,11 @@ def _with(steps: dict, action=None, **observation) -> dict:
 # --- Per-dataset transforms (Octo's standardisations; raw steps -> steps with a 7-d "action") ----------
 
 
-def _rt1_style(steps: dict) -> dict:
+def rt1_transform(steps: dict) -> dict:
   """world_vector + rotation_delta + relative gripper_closedness_action [T, 1] (fractal, kuka)."""
   a = steps["action"]
   return _with(steps, _cat(a["world_vector"], a["rotation_delta"],
                            relative_to_absolute_gripper(a["gripper_closedness_action"][:, 0])))
-
-
-def fractal_transform(steps: dict) -> dict:
-  return _rt1_style(steps)
-
-
-def kuka_transform(steps: dict) -> dict:
-  return _rt1_style(steps)
 
 
 def bridge_transform(steps: dict) -> dict:
@@ -132,19 +133,11 @@ def berkeley_cable_routing_transform(steps: dict) -> dict:
   return _with(steps, _cat(a["world_vector"], a["rotation_delta"], tf.zeros_like(a["world_vector"][:, :1])))
 
 
-def _closed_is_one(steps: dict) -> dict:
+def closed_is_one_transform(steps: dict) -> dict:
   """world_vector + rotation_delta + gripper_closedness_action in [0, 1] with 1 = closed, flipped."""
   a = steps["action"]
   return _with(steps, _cat(a["world_vector"], a["rotation_delta"],
                            invert_gripper(tf.clip_by_value(_col(a["gripper_closedness_action"]), 0, 1))))
-
-
-def roboturk_transform(steps: dict) -> dict:
-  return _closed_is_one(steps)
-
-
-def viola_transform(steps: dict) -> dict:
-  return _closed_is_one(steps)
 
 
 def berkeley_autolab_ur5_transform(steps: dict) -> dict:
@@ -170,7 +163,7 @@ def language_table_transform(steps: dict) -> dict:
   return out
 
 
-def _closed_is_one_7d(steps: dict) -> dict:
+def closed_is_one_7d_transform(steps: dict) -> dict:
   """7-d action whose last dim is a [0, 1] gripper with 1 = closed: clipped and flipped."""
   a = steps["action"]
   return _with(steps, _cat(a[:, :6], invert_gripper(tf.clip_by_value(a[:, -1:], 0, 1))))
@@ -183,7 +176,7 @@ def stanford_hydra_transform(steps: dict) -> dict:
 
 
 def austin_buds_transform(steps: dict) -> dict:
-  out = _closed_is_one_7d(steps)
+  out = closed_is_one_7d_transform(steps)
   return _with(out, state=steps["observation"]["state"][:, :8])  # Joints + gripper.
 
 
@@ -192,14 +185,6 @@ def furniture_bench_transform(steps: dict) -> dict:
   return _with(steps, _cat(a[:, :3], quaternion_to_euler(a[:, 3:7]),
                            invert_gripper(tf.clip_by_value(a[:, -1:], 0, 1))),
                state=_cat(state[:, :7], state[:, -1:]))
-
-
-def austin_sailor_transform(steps: dict) -> dict:
-  return _closed_is_one_7d(steps)
-
-
-def austin_sirius_transform(steps: dict) -> dict:
-  return _closed_is_one_7d(steps)
 
 
 def dlr_edan_shared_control_transform(steps: dict) -> dict:
@@ -214,7 +199,7 @@ def iamlab_cmu_pickup_insert_transform(steps: dict) -> dict:
 
 
 def utaustin_mutex_transform(steps: dict) -> dict:
-  out = _closed_is_one_7d(steps)
+  out = closed_is_one_7d_transform(steps)
   return _with(out, state=steps["observation"]["state"][:, :8])
 
 
@@ -266,12 +251,12 @@ _LANG = "language_instruction"  # Datasets "converted externally to RLDS" keep i
 
 OXE: Mapping[str, OxeDataset] = {e.name: e for e in (
     _entry("fractal20220817_data", primary="image", state_keys=("base_pose_tool_reached", "gripper_closed"),
-           state_encoding="pos_quat", state_dim=8, transform=fractal_transform, language=_OBS_LANG,
+           state_encoding="pos_quat", state_dim=8, transform=rt1_transform, language=_OBS_LANG,
            episodes=87_212),
     _entry("bridge", primary="image", state_keys=("state",), state_encoding="pos_euler", state_dim=7,
            transform=bridge_transform, language=_OBS_LANG, episodes=25_460),
     _entry("kuka", primary="image", state_keys=("clip_function_input/base_pose_tool_reached", "gripper_closed"),
-           state_encoding="pos_quat", state_dim=8, transform=kuka_transform, language=_OBS_LANG, episodes=580_392,
+           state_encoding="pos_quat", state_dim=8, transform=rt1_transform, language=_OBS_LANG, episodes=580_392,
            octo_blanks_language=True),
     _entry("taco_play", primary="rgb_static", wrist="rgb_gripper", state_keys=("state_eef", "state_gripper"),
            state_encoding="pos_euler", state_dim=7, transform=taco_play_transform, language=_OBS_LANG,
@@ -284,9 +269,9 @@ OXE: Mapping[str, OxeDataset] = {e.name: e for e in (
            transform=berkeley_cable_routing_transform, language=_OBS_LANG, episodes=1_482,
            octo_blanks_language=True),
     _entry("roboturk", primary="front_rgb", state_keys=(), state_encoding="none", state_dim=0,
-           transform=roboturk_transform, language=_OBS_LANG, episodes=1_796, octo_blanks_language=True),
+           transform=closed_is_one_transform, language=_OBS_LANG, episodes=1_796, octo_blanks_language=True),
     _entry("viola", primary="agentview_rgb", wrist="eye_in_hand_rgb", state_keys=("joint_states", "gripper_states"),
-           state_encoding="joint", state_dim=8, transform=viola_transform, language=_OBS_LANG, episodes=135,
+           state_encoding="joint", state_dim=8, transform=closed_is_one_transform, language=_OBS_LANG, episodes=135,
            octo_blanks_language=True),
     _entry("berkeley_autolab_ur5", primary="image", wrist="hand_image", state_keys=("state",),
            state_encoding="pos_quat", state_dim=8, transform=berkeley_autolab_ur5_transform, language=_OBS_LANG,
@@ -305,10 +290,10 @@ OXE: Mapping[str, OxeDataset] = {e.name: e for e in (
            state_keys=("state",), state_encoding="pos_quat", state_dim=8, transform=furniture_bench_transform,
            language=_LANG, episodes=5_100),
     _entry("austin_sailor_dataset_converted_externally_to_rlds", primary="image", wrist="wrist_image",
-           state_keys=("state",), state_encoding="pos_quat", state_dim=8, transform=austin_sailor_transform,
+           state_keys=("state",), state_encoding="pos_quat", state_dim=8, transform=closed_is_one_7d_transform,
            language=_LANG, episodes=240, octo_blanks_language=True),
     _entry("austin_sirius_dataset_converted_externally_to_rlds", primary="image", wrist="wrist_image",
-           state_keys=("state",), state_encoding="pos_quat", state_dim=8, transform=austin_sirius_transform,
+           state_keys=("state",), state_encoding="pos_quat", state_dim=8, transform=closed_is_one_7d_transform,
            language=_LANG, episodes=559, octo_blanks_language=True),
     _entry("dlr_edan_shared_control_converted_externally_to_rlds", primary="image", state_keys=("state",),
            state_encoding="pos_euler", state_dim=7, transform=dlr_edan_shared_control_transform, language=_LANG,

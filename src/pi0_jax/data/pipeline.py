@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from pi0_jax.data import config as config_lib
-from pi0_jax.data import hosts, images as images_lib, mixture, normalize, specs as specs_lib, stats as stats_lib
+from pi0_jax.data import hosts, images as images_lib, mixture, normalize, stats as stats_lib
 from pi0_jax.data import validate
 from pi0_jax.data.config import DataSettings, DatasetSource
 from pi0_jax.data.specs import DatasetSpec

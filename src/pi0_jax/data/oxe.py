@@ -231,7 +231,9 @@ class OxeDataset:
   wrist: str | None
   state_encoding: str  # pos_euler | pos_quat | joint | none
   action_encoding: str  # eef_delta | eef_velocity
-  episodes: int  # Published train-split episodes.
+  # Published train-split episodes: TFDS catalog pages; those of roboturk, berkeley_autolab_ur5 and toto
+  # (whose pages list no splits) from the OXE dataset overview. Only weights of remote data use them.
+  episodes: int
   octo_blanks_language: bool = False
 
 

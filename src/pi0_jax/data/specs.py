@@ -8,7 +8,8 @@ concatenated into the robot state, where the action and the instruction are
 action dimensions are passed through unnormalised (e.g. a binary gripper).
 
 Keys are '/'-joined paths: camera and state keys inside a step's
-`observation`, the action and instruction keys inside the step itself.
+`observation`, the action and instruction keys inside the step itself (a key
+that itself holds '/', like kuka's 'clip_function_input/...', is matched whole).
 
 A dataset config names its spec in its `spec` field (see `resolve`), so adding
 a dataset changes no file of this package:

@@ -4,12 +4,12 @@
 #   export TPU_NAME=pi0-pod ZONE=us-west4-a ACCELERATOR=v5litepod-256 RUNTIME=v2-alpha-tpuv5-lite
 #   bash launch/tpu_pod.sh create                 # create the pod (add SPOT=1 for spot capacity)
 #   bash launch/tpu_pod.sh install                # copy this checkout to every worker, pip install [data,tpu]
-#   bash launch/tpu_pod.sh train --config=configs/pi0_pretrain.py:data_dir=gs://b/rlds --workdir=gs://b/runs/pi0
+#   bash launch/tpu_pod.sh train --config=configs/pi0_oxe_pretrain.py:data_dir=gs://b/rlds --workdir=gs://b/runs/pi0
 #   bash launch/tpu_pod.sh logs                   # tail worker 0's log
 #   bash launch/tpu_pod.sh stop                   # SIGTERM the trainers (they checkpoint and exit)
 #   bash launch/tpu_pod.sh delete
 #
-# Check first that the step fits: python -m pi0_jax.aot --config=configs/pi0_pretrain.py --topology=v5e:16x16
+# Check first that the step fits: python -m pi0_jax.aot --config=configs/pi0_oxe_pretrain.py --topology=v5e:16x16
 set -euo pipefail
 cmd="${1:-}"; shift || true
 case "$cmd" in create|install|train|logs|stop|delete) : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}";; esac

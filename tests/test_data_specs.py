@@ -68,3 +68,48 @@ def test_fingerprint_follows_what_changes_the_numbers():
     specs.DatasetSpec(cameras={}, state_keys=("s",), instruction_key=None)
   with pytest.raises(ValueError, match="No standardisation spec for dataset 'nope'"):
     specs.get_spec("nope")
+
+
+def _make_from_config(d, root, spec):
+  config = helpers.tiny_config()
+  return pipeline.make_train_data(
+      helpers.data_config({}, root / "stats", augment=False, datasets=[dict(name="custom", dir=d, spec=spec)]),
+      config, global_batch=4, tokenize_fn=helpers.fake_tokenize(config.max_token_len))
+
+
+def test_spec_written_in_the_config(dataset):
+  """No table entry needed: the spec is a dict of fields (callables as module:function) or module:NAME."""
+  d, eps, root = dataset
+  inline = dict(cameras={"base_0_rgb": "image", "left_wrist_0_rgb": "wrist_image"}, state_keys=["state"],
+                transform="test_data_specs:_double_state", prompt="do it", instruction_key=None)
+  data = _make_from_config(d, root, inline)
+  state = np.concatenate([ep["observation"]["state"] for ep in eps]) * 2
+  np.testing.assert_allclose(data.plans[0].norm_stats["state"]["mean"], state.mean(0), rtol=1e-5)
+  assert data.plans[0].spec.transform is _double_state
+  tokens, _ = helpers.fake_tokenize(6)("do it")
+  np.testing.assert_array_equal(data.next_host_batch()["observation"].tokenized_prompt, np.tile(tokens, (4, 1)))
+  # The same spec named by import path is the same spec: same fingerprint, so the same cached statistics.
+  named = _make_from_config(d, root, "pi0_jax.data.specs:METAWORLD")
+  assert named.plans[0].spec == specs.METAWORLD
+  assert named.plans[0].spec.fingerprint() != data.plans[0].spec.fingerprint()
+  assert specs.resolve(dict(cameras=dict(specs.METAWORLD.cameras), state_keys=["state"], state_dim=4, action_dim=4),
+                       name="x").fingerprint() == specs.METAWORLD.fingerprint()
+
+
+@pytest.mark.parametrize("spec, message", [
+    (dict(cameras={}, state_keys=["state"], gripper="open"), r"datasets\[0\] \('custom'\)\.spec: unknown DatasetSpec "
+     r"fields \['gripper'\]"),
+    (dict(cameras={}, state_keys=["state"], transform="test_data_specs:no_such_fn"),
+     r"datasets\[0\] \('custom'\)\.spec\.transform: module 'test_data_specs' has no 'no_such_fn'"),
+    (dict(cameras={}, state_keys=["state"], episode_filter="no_such_module:f"),
+     r"\.spec\.episode_filter: cannot import module 'no_such_module'"),
+    (dict(cameras={}, state_keys="state"), r"\('custom'\)\.spec: DatasetSpec\.state_keys: expected a list"),
+    ("pi0_jax.data.specs:get_spec", r"\('custom'\)\.spec: 'pi0_jax.data.specs:get_spec' is a function, expected a "
+     "DatasetSpec"),
+    ("no_such_entry", "No standardisation spec for dataset 'no_such_entry'"),
+])
+def test_bad_spec_in_the_config_names_dataset_and_field(spec, message):
+  config = helpers.tiny_config()
+  cfg = helpers.data_config({}, "/nonexistent", datasets=[dict(name="custom", dir="/nonexistent", spec=spec)])
+  with pytest.raises(ValueError, match=message):
+    pipeline.make_train_data(cfg, config, global_batch=4, tokenize_fn=helpers.fake_tokenize(config.max_token_len))

@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
 
 def _make(d, root, *, seed=5, workdir=None, **overrides):
   config = helpers.tiny_config()
-  cfg = helpers.data_config({"state": d}, root / "stats", augment=True, shuffle_buffer=12, **overrides)
+  cfg = helpers.data_config({"state": d}, root / "stats", **{"augment": True, "shuffle_buffer": 12, **overrides})
   return pipeline.make_train_data(cfg, config, global_batch=4, seed=seed, workdir=workdir,
                                   tokenize_fn=helpers.fake_tokenize(config.max_token_len))
 
@@ -90,12 +90,12 @@ def test_trainer_state_and_restore(dataset, tmp_path, mode):
 
 def test_missing_iterator_checkpoint_falls_back_to_replay(dataset, tmp_path):
   d, root = dataset
-  data = _make(d, root, workdir=str(tmp_path))
+  data = _make(d, root, workdir=str(tmp_path), iterator_state="checkpoint")
   data.next_host_batch(), data.next_host_batch()
   state = data.state()
   want = data.next_host_batch()
   shutil.rmtree(tmp_path / "data_state")
-  fresh = _make(d, root, workdir=str(tmp_path))
+  fresh = _make(d, root, workdir=str(tmp_path), iterator_state="checkpoint")
   fresh.restore(state)
   helpers.assert_batches_equal(fresh.next_host_batch(), want)
 
@@ -109,3 +109,21 @@ def test_refuses_a_different_stream(dataset, tmp_path):
     _make(d, root, seed=6).restore_state(str(tmp_path / "iter"))
   with pytest.raises(ValueError, match="different data stream"):
     _make(d, root, seed=6).restore(data.state())
+
+
+def test_position_stays_small_and_resumes_with_a_buffer_larger_than_the_dataset(dataset, tmp_path):
+  """The default position (seeds + frames to skip) holds no buffer; a fresh pipeline re-creates the stream
+  and skips, also when the shuffle buffer (400 frames) holds the dataset (45 frames) about nine times over."""
+  d, root = dataset
+  data = _make(d, root, workdir=str(tmp_path), shuffle_buffer=400)
+  assert data.report()[0]["frames"] == 45
+  for _ in range(13):  # 52 frames: more than the dataset, drawn from a buffer holding ~9 passes over it.
+    data.next_host_batch()
+  state = data.state()
+  assert state == {"batches": 13, "skip_frames": 52, "mode": "replay", "fingerprint": state["fingerprint"]}
+  assert len(json.dumps(state)) < 200 and not (tmp_path / "data_state").exists()
+  expected = [data.next_host_batch() for _ in range(12)]
+  fresh = _make(d, root, workdir=str(tmp_path), shuffle_buffer=400)
+  fresh.restore(json.loads(json.dumps(state)))
+  for want in expected:
+    helpers.assert_batches_equal(fresh.next_host_batch(), want)

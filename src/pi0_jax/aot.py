@@ -7,7 +7,7 @@ their NamedShardings, and XLA's TPU compiler reports the per-chip memory and
 cost. No array is ever allocated, so a CPU host with a few GiB compiles the
 full 3.3B-parameter pi0.
 
-  python -m pi0_jax.aot --config=configs/pi0_pretrain.py --topology=v5e:16x16
+  python -m pi0_jax.aot --config=configs/pi0_oxe_pretrain.py --topology=v5e:16x16
   python -m pi0_jax.aot --topology=v5p:4x4x4 --preset=pi0 --global_batch=256
       --mesh=data:1,fsdp:8,fsdp2:8 --ema_decay=0.99 --json=/tmp/aot.json  (one line)
 
@@ -378,7 +378,7 @@ def _define_flags():
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)), e.g. "
-                                  "configs/pi0_pretrain.py; override fields with --config.x=...", lock_config=True)
+                                  "configs/pi0_oxe_pretrain.py; override fields with --config.x=...", lock_config=True)
   flags.DEFINE_string("topology", None, "TPU topology: v5e:16x16, v5p:4x4x4, v6e:8x8, v4:4x4x4, ...")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path ('-': stdout, instead of text).")
   flags.DEFINE_float("peak_flops", None, "Per-chip peak FLOP/s for the MFU estimate (default: the chip table).")

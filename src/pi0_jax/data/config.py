@@ -8,7 +8,9 @@ Fields (all optional except `datasets`):
       data_dir          TFDS root holding <name>/<version>/
       version           with data_dir or a .../<name> dir: which version (default: the newest)
       weight            explicit mixture weight (default: frames ** weight_exponent)
-      spec              name of the DATASETS entry to standardise with (default: `name`)
+      spec              its DatasetSpec (default: the DATASETS entry called `name`): a DATASETS name,
+                        "module:NAME" of a DatasetSpec, or a dict of DatasetSpec fields with `transform` and
+                        `episode_filter` as "module:function" (pi0_jax.data.specs.resolve); checked here
       split             training split (default "train"); eval_split: evaluation split (default "val")
   weight_exponent       0.43: pi0's n^0.43 mixture rule
   seed                  None: the experiment's seed. Every random choice (file order, mixing, shuffle,
@@ -29,9 +31,15 @@ Fields (all optional except `datasets`):
   skip_bad_episodes     False: the first bad episode is an error; True: bad ones are skipped and counted
   min_episode_length    None: the action horizon; shorter episodes are bad input (1 keeps them, padded)
   max_frames_per_episode  None; else long episodes contribute a random subset of this many frames
-  iterator_state        "checkpoint": the trainer's state() writes the tf.data iterator (its shuffle buffer
-                        included) under <workdir>/data_state; "replay": only the batch count is kept and a
-                        restore re-reads the stream, skipping frames before decoding
+  iterator_state        "replay" (default): the data position is the batch count; every process derives its
+                        seeds from (seed, process index), so a restore re-creates the same stream and skips
+                        that many frames before decoding (as big_vision and Octo resume). The position is a
+                        few hundred bytes of checkpoint metadata whatever the shuffle buffer; the restore
+                        re-reads the skipped frames (rate measured by benchmarks/data.py --measure_state).
+                        "checkpoint": the trainer's state() also writes each process's tf.data iterator,
+                        its shuffle buffer of encoded frames included, under <workdir>/data_state: about
+                        shuffle_buffer x encoded frame bytes per process at every checkpoint, in exchange for
+                        an immediate restore; for small buffers only
   keep_iterator_states  3 iterator checkpoints kept per process
   host_split            "episodes": each process reads a disjoint part of every dataset and mixes, shuffles and
                         batches it on its own (scales to any pod; the stream depends on the process count).
@@ -59,13 +67,14 @@ class DatasetSource:
   data_dir: str | None = None
   version: str | None = None
   weight: float | None = None
-  spec: str | None = None
+  spec: Any = None  # str, or a dict of DatasetSpec fields (kept JSON-able: it is part of the stream fingerprint)
   split: str = "train"
   eval_split: str = "val"
 
-  @property
-  def spec_name(self) -> str:
-    return self.spec or self.name
+  def resolve_spec(self, specs: Mapping | None = None, index: int | None = None):
+    from pi0_jax.data import specs as specs_lib
+    where = f"config.data.datasets[{index}] ({self.name!r}).spec" if index is not None else None
+    return specs_lib.resolve(self.spec, name=self.name, specs=specs, where=where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +104,7 @@ class DataSettings:
   skip_bad_episodes: bool = False
   min_episode_length: int | None = None
   max_frames_per_episode: int | None = None
-  iterator_state: str = "checkpoint"
+  iterator_state: str = "replay"
   keep_iterator_states: int = 3
   host_split: str = "episodes"
 
@@ -108,8 +117,12 @@ def _plain(x):
   return x.to_dict() if hasattr(x, "to_dict") else x
 
 
-def settings_from_config(data_config, model_config, *, seed: int = 0) -> DataSettings:
-  """Resolves `config.data` against a Pi0Config; unknown fields are an error (typos must not pass silently)."""
+def settings_from_config(data_config, model_config, *, seed: int = 0, specs: Mapping | None = None) -> DataSettings:
+  """Resolves `config.data` against a Pi0Config; unknown fields are an error (typos must not pass silently).
+
+  Every dataset's spec is resolved here too (specs: the table names refer to; default specs.DATASETS), so a
+  bad spec fails with the dataset and field named before any data is opened.
+  """
   d = dict(_plain(data_config))
   known = {f.name for f in dataclasses.fields(DataSettings)} - {"image_keys", "resolution", "action_dim", "horizon",
                                                                 "max_token_len"}
@@ -129,7 +142,11 @@ def settings_from_config(data_config, model_config, *, seed: int = 0) -> DataSet
                        f"fields are {sorted(_DATASET_FIELDS)}.")
     if not entry.get("dir") and not entry.get("data_dir"):
       raise ValueError(f"config.data.datasets[{i}] ({entry['name']!r}): give `dir` or `data_dir`.")
+    if entry.get("spec") is not None and not isinstance(entry["spec"], str):
+      entry["spec"] = dict(_plain(entry["spec"]))
     sources.append(DatasetSource(**entry))
+  for i, source in enumerate(sources):
+    source.resolve_spec(specs, i)
   names = [s.name for s in sources]
   if len(set(names)) != len(names):
     raise ValueError(f"config.data.datasets: dataset names must be unique, got {names}.")

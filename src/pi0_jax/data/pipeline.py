@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from pi0_jax.data import config as config_lib
-from pi0_jax.data import hosts, images as images_lib, mixture, normalize, specs as specs_lib, stats as stats_lib
+from pi0_jax.data import hosts, images as images_lib, mixture, normalize, stats as stats_lib
 from pi0_jax.data import validate
 from pi0_jax.data.config import DataSettings, DatasetSource
 from pi0_jax.data.specs import DatasetSpec
@@ -91,10 +91,11 @@ def plan_dataset(index: int, source: DatasetSource, settings: DataSettings, *, t
                  specs: Mapping[str, DatasetSpec] | None = None) -> DatasetPlan:
   from pi0_jax.data import rlds
   name = source.name
-  spec = specs_lib.get_spec(source.spec_name, specs)
+  spec = source.resolve_spec(specs, index)
   builder = rlds.open_builder(name, dir=source.dir, data_dir=source.data_dir, version=source.version)
-  validate.check_features(name, builder.info.features["steps"].feature, spec, max_dim=settings.action_dim)
   split = source.split if train else source.eval_split
+  validate.check_features(name, builder.info.features["steps"].feature, spec, max_dim=settings.action_dim,
+                          transformed=rlds.transformed_steps_spec(builder, name, spec, source.split))
   rlds.process_split(builder, name, split, 0, 1)  # The split exists.
   scan = lambda s: stats_lib.load_or_scan(builder, name, spec, s, cache_dir=settings.stats_dir,  # noqa: E731
                                           num_parallel_calls=settings.num_parallel_calls)
@@ -288,12 +289,14 @@ class DataPipeline:
 
   # Stream construction and position.
 
+  def _skip_frames(self, batches: int) -> int:
+    """Frames of this process's stream before batch `batches` (of the global stream under global_batch)."""
+    return batches * (self.global_batch if self.settings.host_split == "global_batch" else self.local_batch)
+
   def _build(self, skip_batches: int) -> None:
     self._dataset, self.weights = build_stream(
         self.plans, self.settings, local_batch=self.local_batch, process_index=self.process_index,
-        process_count=self.process_count, train=self.train,
-        skip_frames=skip_batches * (self.global_batch if self.settings.host_split == "global_batch"
-                                    else self.local_batch))
+        process_count=self.process_count, train=self.train, skip_frames=self._skip_frames(skip_batches))
     self._iterator = iter(self._dataset)
     self.batches = skip_batches
 
@@ -306,6 +309,7 @@ class DataPipeline:
     for d in s["datasets"]:  # Where a dataset lies does not change the stream; what it holds does.
       d.pop("dir"), d.pop("data_dir")
     s["identities"] = [p.identity for p in self.plans]
+    s["specs"] = [p.spec.fingerprint() for p in self.plans]  # A changed transform changes the stream.
     s.update(train=self.train, global_batch=self.global_batch)
     # A global_batch split gives the same stream for any process count: a run may resume on another one.
     if with_process or self.settings.host_split != "global_batch":
@@ -405,8 +409,9 @@ class DataPipeline:
   def state(self) -> dict:
     """JSON-able position for the trainer's checkpoint metadata, identical on every process.
 
-    It describes the position after the last batch returned by next_batch(). With iterator_state=
-    "checkpoint" and a state_root, each process also writes its iterator to
+    It describes the position after the last batch returned by next_batch(): the batch count and the
+    frames each process skips to get there (its seeds derive from config.data.seed and its index). With
+    iterator_state="checkpoint" and a state_root, each process also writes its iterator to
     <state_root>/process_<i>/batch_<k> (the newest keep_iterator_states are kept); a restore without that
     directory falls back to replay.
     """
@@ -417,7 +422,8 @@ class DataPipeline:
       kept = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(process_dir) if re.fullmatch(r"batch_\d+/?", d))
       for old in kept[:-max(1, self.settings.keep_iterator_states)]:
         tf.io.gfile.rmtree(os.path.join(process_dir, old))
-    return {"batches": self.batches, "mode": self.settings.iterator_state, "fingerprint": self._stream_hash()}
+    return {"batches": self.batches, "skip_frames": self._skip_frames(self.batches),
+            "mode": self.settings.iterator_state, "fingerprint": self._stream_hash()}
 
   def _stream_hash(self) -> str:
     blob = json.dumps(self.fingerprint(with_process=False), sort_keys=True).encode()
@@ -483,7 +489,7 @@ def make_data(data_config, model_config, *, global_batch: int, train: bool, mesh
   tokenize_fn(prompt) -> (int32 [max_token_len], bool [max_token_len]) replaces the config's tokenizer.
   specs replaces the dataset table (pi0_jax.data.specs.DATASETS).
   """
-  settings = config_lib.settings_from_config(data_config, model_config, seed=seed)
+  settings = config_lib.settings_from_config(data_config, model_config, seed=seed, specs=specs)
   process_index, process_count = hosts.process_info(process_index, process_count)
   from pi0_jax.train import sharding  # pylint: disable=g-import-not-at-top
   # Divisible by the processes (and the mesh's data axes), or an error now.

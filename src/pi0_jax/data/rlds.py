@@ -88,6 +88,21 @@ def process_split(builder, dataset: str, split: str, process_index: int, process
   return part
 
 
+def transformed_steps_spec(builder, dataset: str, spec: DatasetSpec, split: str = "train") -> dict:
+  """The element spec of one episode's steps after the spec's transform ([T, ...] TensorSpecs, images as
+  encoded strings), found by tracing the transform: nothing is read. A transform that reads a key the
+  dataset lacks fails here, naming the dataset and the key."""
+  ds = read_episodes(builder, split, shuffle_seed=None)
+  if spec.transform is None:
+    return ds.element_spec["steps"]
+  try:
+    return ds.map(lambda e: spec.transform(e["steps"])).element_spec
+  except KeyError as e:
+    raise validate.DataError(f"dataset {dataset!r}, every episode: the spec's transform "
+                             f"{getattr(spec.transform, '__qualname__', spec.transform)} reads key {e} that the "
+                             f"steps lack; step keys are {sorted(ds.element_spec['steps'])}.") from None
+
+
 def read_episodes(builder, split, *, shuffle_seed: int | None, num_parallel_reads: int = 1,
                   options: tf.data.Options | None = None) -> tf.data.Dataset:
   """Raw episodes of `split` (a split name or TFDS split object), steps undecoded, each with its `tfds_id`.
@@ -104,9 +119,14 @@ def read_episodes(builder, split, *, shuffle_seed: int | None, num_parallel_read
 
 
 def _get(tree, path: str):
-  for part in path.split("/"):
-    tree = tree[part]
-  return tree
+  """tree[a][b] for path 'a/b'; a key that itself holds '/' (kuka's 'clip_function_input/...') is found whole."""
+  while True:
+    if path in tree:
+      return tree[path]
+    head, sep, path = path.partition("/")
+    if not sep:
+      raise KeyError(head)
+    tree = tree[head]
 
 
 def _as_matrix(x) -> tf.Tensor:
@@ -135,7 +155,8 @@ def standardize(episode: dict, spec: DatasetSpec, image_keys: Sequence[str]) -> 
   return {
       "images": images,
       "image_masks": masks,
-      "state": tf.concat([_as_matrix(_get(obs, k)) for k in spec.state_keys], axis=-1),
+      "state": (tf.concat([_as_matrix(_get(obs, k)) for k in spec.state_keys], axis=-1) if spec.state_keys
+                else tf.zeros([length, 0], tf.float32)),  # No proprioception: all padding after pad_dims.
       "actions": actions,
       "prompt": prompt,
       "episode_id": episode["tfds_id"],

@@ -156,7 +156,7 @@ def main(argv):
   f = flags.FLAGS
   builder = rlds.open_builder(f.dataset_name or "dataset", dir=f.dataset_dir)
   name = f.dataset_name or builder.info.name
-  spec = specs.get_spec(f.spec or name)
+  spec = specs.resolve(f.spec, name=name, where="--spec")
   record = load_or_scan(builder, name, spec, f.split, cache_dir=f.cache_dir, refresh=f.refresh, progress=True)
   for group in ("state", "actions"):
     s = record["norm_stats"][group]
@@ -177,7 +177,8 @@ def _define_flags():
   from absl import flags
   flags.DEFINE_string("dataset_dir", None, "Prepared TFDS dataset directory (.../<name>/<version>).", required=True)
   flags.DEFINE_string("dataset_name", None, "Dataset name (default: the TFDS name in dataset_info.json).")
-  flags.DEFINE_string("spec", None, "Entry of pi0_jax.data.specs.DATASETS to standardise with (default: the name).")
+  flags.DEFINE_string("spec", None, "Spec to standardise with: a pi0_jax.data.specs.DATASETS name or 'module:NAME' "
+                      "(default: the dataset's name).")
   flags.DEFINE_string("split", "train", "Split to scan; training statistics come from 'train' only.")
   flags.DEFINE_string("out", None, "Also write the record (SPEC's norm_stats format + bookkeeping) here.")
   flags.DEFINE_string("cache_dir", None, "Statistics cache (default: $PI0_STATS_CACHE or ~/.cache/pi0_jax/stats).")

@@ -3,7 +3,8 @@
   dir = write_rlds(tmp_path, "pi0_synthetic_a", {"train": [episode, ...], "val": [...]})
 
 An episode is a dict of per-step arrays with a leading time axis T:
-  {"observation": {key: array [T, ...]}, "action": array [T, ...], "language_instruction": str or [str] * T}
+  {"observation": {key: array [T, ...]}, "action": array [T, ...] or {key: array [T, ...]},
+   "language_instruction": str or [str] * T}
 Features are inferred from the first episode: uint8 [T, h, w, 3] arrays become encoded images
 (tfds.features.Image, PNG), other arrays tensors of their dtype, strings text. The RLDS bookkeeping
 (reward, discount, is_first, is_last, is_terminal) is added. Episodes are stored in the order given
@@ -34,8 +35,9 @@ def _features(episode: Mapping[str, Any]):
   step = {"observation": tfds.features.FeaturesDict({k: _feature(np.asarray(v))
                                                      for k, v in episode["observation"].items()})}
   for k, v in episode.items():
-    if k != "observation":
-      step[k] = _feature(np.asarray(_per_step(v, episode)))
+    if k != "observation":  # A dict (e.g. RT-X's action) becomes a FeaturesDict.
+      step[k] = (tfds.features.FeaturesDict({kk: _feature(np.asarray(vv)) for kk, vv in v.items()})
+                 if isinstance(v, Mapping) else _feature(np.asarray(_per_step(v, episode))))
   for k in ("reward", "discount"):
     step[k] = tfds.features.Scalar(dtype=np.float32)
   for k in ("is_first", "is_last", "is_terminal"):
@@ -47,7 +49,8 @@ def _features(episode: Mapping[str, Any]):
 
 
 def _length(episode) -> int:
-  return len(np.asarray(episode["action"]))
+  action = episode["action"]
+  return len(np.asarray(next(iter(action.values())) if isinstance(action, Mapping) else action))
 
 
 def _per_step(value, episode):
@@ -59,8 +62,10 @@ def _per_step(value, episode):
 def _steps(episode) -> list[dict]:
   n = _length(episode)
   obs = {k: np.asarray(v) for k, v in episode["observation"].items()}
-  rest = {k: _per_step(v, episode) for k, v in episode.items() if k != "observation"}
-  return [{"observation": {k: v[t] for k, v in obs.items()}, **{k: v[t] for k, v in rest.items()},
+  rest = {k: v if isinstance(v, Mapping) else _per_step(v, episode) for k, v in episode.items()
+          if k != "observation"}
+  pick = lambda v, t: {k: np.asarray(x)[t] for k, x in v.items()} if isinstance(v, Mapping) else v[t]  # noqa: E731
+  return [{"observation": {k: v[t] for k, v in obs.items()}, **{k: pick(v, t) for k, v in rest.items()},
            "reward": np.float32(t == n - 1), "discount": np.float32(1), "is_first": t == 0, "is_last": t == n - 1,
            "is_terminal": t == n - 1} for t in range(n)]
 

@@ -61,28 +61,32 @@ def episode_index(tfds_id: str, shard_lengths: Sequence[int]) -> int:
 
 
 def _lookup(features, path: str):
-  node = features
-  for part in path.split("/"):
-    try:
-      node = node[part]
-    except (KeyError, TypeError):
-      return None
-  return node
+  from pi0_jax.data.rlds import _get  # pylint: disable=g-import-not-at-top
+  try:
+    return _get(features, path)
+  except (KeyError, TypeError):
+    return None
 
 
 def _describe(feature) -> tuple[tuple[int | None, ...], np.dtype, str]:
+  import tensorflow as tf
   import tensorflow_datasets as tfds
   kind = type(feature).__name__
+  if isinstance(feature, tf.TensorSpec):  # After a transform: [T, ...] per episode.
+    dtype = np.dtype(object) if feature.dtype == tf.string else np.dtype(feature.dtype.as_numpy_dtype)
+    return tuple(feature.shape[1:]), dtype, "tensor"
   if isinstance(feature, tfds.features.Text):
     return (), np.dtype(object), kind
   return tuple(feature.shape), np.dtype(feature.np_dtype), kind
 
 
-def check_features(dataset: str, step_features, spec, *, max_dim: int) -> None:
+def check_features(dataset: str, step_features, spec, *, max_dim: int, transformed=None) -> None:
   """Raises DataError listing every key of `spec` that the step features lack or hold in the wrong form.
 
   step_features: the FeaturesDict of one step (`builder.info.features["steps"].feature`).
   max_dim: the model's action_dim; state and action must fit in it.
+  transformed: the steps' element spec after the spec's transform (rlds.transformed_steps_spec); state,
+  action and instruction keys are looked up there when given (cameras always in the stored features).
   """
   import tensorflow_datasets as tfds
   errors = []
@@ -107,11 +111,12 @@ def check_features(dataset: str, step_features, spec, *, max_dim: int) -> None:
     elif dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
       err(f"steps/{path}", f"image {shape} {dtype}, expected [height, width, 3] uint8")
 
+  after = step_features if transformed is None else transformed
   for group, keys, want in (("state", [f"observation/{k}" for k in spec.state_keys], spec.state_dim),
                             ("action", [spec.action_key], spec.action_dim)):
     total, ok = 0, True
     for path in keys:
-      feature = _lookup(step_features, path)
+      feature = _lookup(after, path)
       if feature is None:
         err(f"steps/{path}", f"missing ({group})")
         ok = False
@@ -131,7 +136,7 @@ def check_features(dataset: str, step_features, spec, *, max_dim: int) -> None:
       err("steps/" + "+".join(keys), f"{group} has {total} dims, more than the model's action_dim {max_dim}")
 
   if spec.instruction_key is not None:
-    feature = _lookup(step_features, spec.instruction_key)
+    feature = _lookup(after, spec.instruction_key)
     if feature is None:
       err(f"steps/{spec.instruction_key}", "missing (instruction); set DatasetSpec.instruction_key=None and a "
           "fixed prompt if the dataset has none")

@@ -92,7 +92,8 @@ def test_executed_actions_follow_the_scheme(window, initial_delay):
   # The log: every swap executed as many old actions as whole ticks elapsed, and d was right when latencies held.
   for record in executor.log:
     assert record["executed"] == math.ceil(record["latency"] / float(TICK) - 1e-6)
-  assert any(r["executed"] == r["delay"] for r in executor.log)
+  if window == 1:
+    assert any(r["executed"] == r["delay"] for r in executor.log)
   assert any(r["executed"] != r["delay"] for r in executor.log)
 
 

@@ -230,6 +230,8 @@ class RealtimeExecutor:
       self._clock.sleep_until(next_tick)
 
   def close(self) -> None:
-    """Stops the background thread after the inference in flight, if any."""
+    """Stops the background thread: now if it is idle, else once the inference in flight returns (not waited for;
+    its result is dropped)."""
     self._jobs.put(None)
-    self._worker.join()
+    if self._job is None:
+      self._worker.join()

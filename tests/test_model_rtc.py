@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pi0_jax.data import normalize
 from pi0_jax.model import Pi0
 from pi0_jax.model.pi0 import prefix_weights
+from pi0_jax.policy import Policy
 
 import model_utils
 
@@ -70,28 +72,29 @@ def test_prefix_weights_follow_the_definition(schedule):
 def reference_guided(params, obs, noise, prev, delays, s, beta, num_steps, schedule="exp"):
   """The guided Euler sampler written from the formulas: full (uncached) passes, a VJP per step."""
   model = Pi0(CFG)
-  weights = np.stack([ref_weights(d, H - s, H, schedule) for d in delays])[..., None]
-  x, t, dt = noise, np.float32(1.0), np.float32(-1.0 / num_steps)
-  for _ in range(num_steps):
-    tb = jnp.full((B,), t)
-    velocity = lambda y: model.apply(params, obs, y, tb)
+  weights = jnp.asarray(np.stack([ref_weights(d, H - s, H, schedule) for d in delays])[..., None], jnp.float32)
+  dt = np.float32(-1.0 / num_steps)
+
+  @jax.jit
+  def euler_step(x, t, w):
+    velocity = lambda y: model.apply(params, obs, y, jnp.full((B,), t))
     a_hat, vjp = jax.vjp(lambda y: y - t * velocity(y), x)
-    (g,) = vjp(jnp.asarray(weights * (np.asarray(prev) - np.asarray(a_hat)), jnp.float32))
-    if t == 1:
-      w = beta
-    else:
-      w = min(beta, t / (1 - t) * (t**2 + (1 - t)**2) / t**2)
-    x = x + dt * (velocity(x) - np.float32(w) * g)
+    (g,) = vjp(weights * (prev - a_hat))
+    return x + dt * (velocity(x) - w * g)
+
+  x, t = noise, np.float32(1.0)
+  for _ in range(num_steps):
+    w = beta if t == 1 else min(beta, t / (1 - t) * (t**2 + (1 - t)**2) / t**2)
+    x = euler_step(x, t, np.float32(w))
     t = t + dt
   return np.asarray(x)
 
 
-@pytest.mark.parametrize("schedule", ["exp", "linear"])
-def test_guided_sampler_matches_reference(setup, schedule):
+def test_guided_sampler_matches_reference(setup):
   params, obs, noise, prev = setup
   delays = [1, 2]
-  got = np.asarray(sample(params, obs, noise, prev, jnp.array(delays), 5.0, schedule=schedule))
-  want = reference_guided(params, obs, noise, prev, delays, 2, 5.0, 4, schedule)
+  got = np.asarray(sample(params, obs, noise, prev, jnp.array(delays), 5.0))
+  want = reference_guided(params, obs, noise, prev, delays, 2, 5.0, 4)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
   assert np.abs(got - np.asarray(sample(params, obs, noise, prev, 0, 0.0, guided=False))).max() > 1e-2
 
@@ -127,10 +130,10 @@ def test_trained_mode_feeds_prev_as_clean_tokens(setup):
   got = np.asarray(sample(params, obs, noise, prev, jnp.asarray(delays), 0.0, config=TRAINED))
   frozen = (np.arange(H)[None, :] < delays[:, None])
   # Reference: per-token time 0 on the first d steps, which stay prev; Euler on the rest.
-  model = Pi0(TRAINED)
+  velocity = jax.jit(lambda x, t: Pi0(TRAINED).apply(params, obs, x, t))
   x, t = np.where(frozen[..., None], prev, noise), np.float32(1.0)
   for _ in range(4):
-    v = np.asarray(model.apply(params, obs, jnp.asarray(x), jnp.asarray(np.where(frozen, 0.0, t), jnp.float32)))
+    v = np.asarray(velocity(jnp.asarray(x), jnp.asarray(np.where(frozen, 0.0, t), jnp.float32)))
     x = np.where(frozen[..., None], prev, x + np.float32(-0.25) * v)
     t = t + np.float32(-0.25)
   np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
@@ -210,3 +213,23 @@ def test_bad_rtc_arguments_are_named(setup):
     Pi0(TRAINED).apply(params, obs, method="sample_actions", noise=noise, prev_actions=prev, inference_delay=3)
   with pytest.raises(ValueError, match=r"rtc_max_delay must be in \[0, action_horizon=4\), got 4"):
     CFG.replace(rtc_max_delay=4)
+
+
+def test_policy_passes_the_plan_through_normalised(setup):
+  params, _, noise, _ = setup
+  stats = {k: {"mean": [0.5] * 6, "std": [2.0] * 6, "q01": [-3.0] * 6, "q99": [3.0] * 6} for k in ("state", "actions")}
+  policy = Policy(CFG, params["params"], tokenizer=lambda p: (np.arange(1, 7, dtype=np.int32), np.ones(6, bool)),
+                  norm_stats=stats, camera_map={"base_0_rgb": "image", "left_wrist_0_rgb": None})
+  raw = {"images": {"image": np.full((40, 30, 3), 90, np.uint8)}, "state": np.zeros(6), "prompt": "x"}
+  plan = np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32)  # n = 2 planned actions: s = H - n = 2
+  got = policy.infer(raw, noise=noise[0], prev_actions=plan, inference_delay=1)["actions"]
+  observation, _ = policy.prepare(raw)
+  padded = np.zeros((1, H, A), np.float32)
+  padded[0, :2, :6] = (plan - 0.5) / (2.0 + normalize.EPS)
+  want = policy.unnormalize_actions(sample(params, jax.tree.map(jnp.asarray, observation), noise[:1], padded,
+                                           jnp.array([1]), 5.0))[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  plain = policy.infer(raw, noise=noise[0])["actions"]
+  assert np.abs(got[:1] - plan[:1]).max() < 0.5 * np.abs(plain[:1] - plan[:1]).max()
+  with pytest.raises(ValueError, match="inference_delay 3: expected 0 <= d <= 2 for 2 planned actions"):
+    policy.infer(raw, noise=noise[0], prev_actions=plan, inference_delay=3)

@@ -29,6 +29,11 @@ def sample(params, obs, noise, prev, delay, beta, *, config=CFG, num_steps=4, mo
   return Pi0(config).apply(params, obs, method="sample_actions", noise=noise, num_steps=num_steps, **kwargs)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def velocity(params, obs, x, time, config=CFG):
+  return Pi0(config).apply(params, obs, x, time)
+
+
 @pytest.fixture(scope="module")
 def setup():
   obs = model_utils.random_observation(CFG, batch_size=B, prompt_lengths=[6, 3])
@@ -130,10 +135,10 @@ def test_trained_mode_feeds_prev_as_clean_tokens(setup):
   got = np.asarray(sample(params, obs, noise, prev, jnp.asarray(delays), 0.0, config=TRAINED))
   frozen = (np.arange(H)[None, :] < delays[:, None])
   # Reference: per-token time 0 on the first d steps, which stay prev; Euler on the rest.
-  velocity = jax.jit(lambda x, t: Pi0(TRAINED).apply(params, obs, x, t))
   x, t = np.where(frozen[..., None], prev, noise), np.float32(1.0)
   for _ in range(4):
-    v = np.asarray(velocity(jnp.asarray(x), jnp.asarray(np.where(frozen, 0.0, t), jnp.float32)))
+    v = np.asarray(velocity(params, obs, jnp.asarray(x), jnp.asarray(np.where(frozen, 0.0, t), jnp.float32),
+                            config=TRAINED))
     x = np.where(frozen[..., None], prev, x + np.float32(-0.25) * v)
     t = t + np.float32(-0.25)
   np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
@@ -142,13 +147,12 @@ def test_trained_mode_feeds_prev_as_clean_tokens(setup):
 
 def test_per_token_time_equal_to_the_scalar_is_the_scalar_path(setup):
   params, obs, noise, _ = setup
-  model = Pi0(CFG)
   time = jnp.array([0.3, 0.8])
-  scalar = np.asarray(model.apply(params, obs, noise, time))
-  per_token = np.asarray(model.apply(params, obs, noise, jnp.broadcast_to(time[:, None], (B, H))))
+  scalar = np.asarray(velocity(params, obs, noise, time))
+  per_token = np.asarray(velocity(params, obs, noise, jnp.broadcast_to(time[:, None], (B, H))))
   np.testing.assert_allclose(per_token, scalar, rtol=1e-6, atol=1e-7)
   # ... and the per-token time acts per token.
-  mixed = np.asarray(model.apply(params, obs, noise, jnp.array([[0.3, 0.0, 0.3, 0.3], [0.8] * 4])))
+  mixed = np.asarray(velocity(params, obs, noise, jnp.array([[0.3, 0.0, 0.3, 0.3], [0.8] * 4])))
   assert np.abs(mixed - scalar)[0].max() > 1e-4
   np.testing.assert_allclose(mixed[1], scalar[1], rtol=1e-6, atol=1e-7)
 
@@ -183,7 +187,7 @@ def test_loss_with_delay_conditions_on_clean_prefix(setup):
   frozen = np.arange(H)[None, :] < np.asarray(delay)[:, None]
   token_time = np.where(frozen, 0.0, np.asarray(time)[:, None]).astype(np.float32)
   x_t = np.where(frozen[..., None], actions, token_time[..., None] * noise + (1 - token_time[..., None]) * actions)
-  v = np.asarray(Pi0(TRAINED).apply(params, obs, jnp.asarray(x_t), jnp.asarray(token_time)))
+  v = np.asarray(velocity(params, obs, jnp.asarray(x_t), jnp.asarray(token_time), config=TRAINED))
   want = np.where(frozen, 0.0, np.mean((v - np.asarray(noise - actions))**2, -1))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert (got[frozen] == 0).all() and (got[~frozen] > 0).all()
@@ -222,14 +226,14 @@ def test_policy_passes_the_plan_through_normalised(setup):
                   norm_stats=stats, camera_map={"base_0_rgb": "image", "left_wrist_0_rgb": None})
   raw = {"images": {"image": np.full((40, 30, 3), 90, np.uint8)}, "state": np.zeros(6), "prompt": "x"}
   plan = np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32)  # n = 2 planned actions: s = H - n = 2
-  got = policy.infer(raw, noise=noise[0], prev_actions=plan, inference_delay=1)["actions"]
+  got = policy.infer(raw, noise=noise[0], num_steps=4, prev_actions=plan, inference_delay=1)["actions"]
   observation, _ = policy.prepare(raw)
   padded = np.zeros((1, H, A), np.float32)
   padded[0, :2, :6] = (plan - 0.5) / (2.0 + normalize.EPS)
   want = policy.unnormalize_actions(sample(params, jax.tree.map(jnp.asarray, observation), noise[:1], padded,
                                            jnp.array([1]), 5.0))[0]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  plain = policy.infer(raw, noise=noise[0])["actions"]
+  plain = policy.infer(raw, noise=noise[0], num_steps=4)["actions"]
   assert np.abs(got[:1] - plan[:1]).max() < 0.5 * np.abs(plain[:1] - plan[:1]).max()
   with pytest.raises(ValueError, match="inference_delay 3: expected 0 <= d <= 2 for 2 planned actions"):
     policy.infer(raw, noise=noise[0], prev_actions=plan, inference_delay=3)

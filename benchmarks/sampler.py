@@ -1,14 +1,18 @@
-"""Latency of pi0's `sample_actions`: KV-cached vs uncached, against the floor.
+"""Latency of pi0's `sample_actions`: KV-cached vs uncached, against the floor; and real-time chunking's cost.
 
 The floor is one prefix forward plus `num_steps` suffix-only forwards, each
 jitted and timed on its own: what the cached sampler costs if the loop itself
-were free.
+were free. guided_ms is RTC's guided sampler (prefix K/V cache computed once,
+then per step one suffix pass plus one VJP through it; d = H // 4, s = H // 2),
+trained_ms the training-time RTC sampler (the first d steps fed as clean tokens;
+the same cost as plain sampling). Rows of presets/batches not run are kept.
 
   python benchmarks/sampler.py --presets=tiny,small_100m --batch_sizes=1,8 --out=benchmarks/results/sampler.json
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -22,6 +26,7 @@ _STEPS = flags.DEFINE_integer("num_steps", 10, "Euler steps.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats after warm-up (median reported).")
 _DTYPE = flags.DEFINE_string("dtype", None, "Override the preset's compute dtype (bfloat16 or float32).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/sampler.json", "JSON output ('' to skip).")
+_NOTE = flags.DEFINE_string("note", "", "Written into the rows measured now (e.g. that the CPU was shared).")
 
 
 def bench(preset: str, batch: int, num_steps: int, repeats: int, dtype: str | None) -> dict:
@@ -57,6 +62,34 @@ def bench(preset: str, batch: int, num_steps: int, repeats: int, dtype: str | No
   row["floor_ms"] = row["prefix_ms"] + num_steps * row["suffix_ms"]
   row["cached_over_floor"] = row["cached_ms"] / row["floor_ms"]
   row["uncached_over_cached"] = row["uncached_ms"] / row["cached_ms"]
+  row.update(bench_rtc(model, params, obs, noise, num_steps, repeats))
+  return row
+
+
+def bench_rtc(model, params, obs, noise, num_steps: int, repeats: int) -> dict:
+  """Guided and training-time RTC sampling at the sizes of the plain row, against the cached plain sampler."""
+  import jax
+  import jax.numpy as jnp
+  from pi0_jax.model import Pi0
+  import common
+
+  horizon = model.config.action_horizon
+  delay, s = max(1, horizon // 4), horizon // 2
+  prev = jax.random.normal(jax.random.key(2), noise.shape)
+  guided = jax.jit(lambda p, o, n, a: model.apply(p, o, method="sample_actions", noise=n, num_steps=num_steps,
+                                                  prev_actions=a, inference_delay=delay, execution_horizon=s,
+                                                  max_guidance_weight=5.0))
+  trained_model = Pi0(model.config.replace(rtc_max_delay=delay))
+  trained = jax.jit(lambda p, o, n, a: trained_model.apply(p, o, method="sample_actions", noise=n,
+                                                          num_steps=num_steps, prev_actions=a, inference_delay=delay))
+  plain = jax.jit(lambda p, o, n: model.apply(p, o, method="sample_actions", noise=n, num_steps=num_steps))
+  row = {"rtc_delay": delay, "rtc_execution_horizon": s}
+  # Re-timed here, next to the RTC samplers, so that the ratios compare runs under the same machine load.
+  row["plain_ms"] = common.time_fn(plain, params, obs, noise, repeats=repeats)["median_ms"]
+  row["guided_ms"] = common.time_fn(guided, params, obs, noise, prev, repeats=repeats)["median_ms"]
+  row["trained_ms"] = common.time_fn(trained, params, obs, noise, prev, repeats=repeats)["median_ms"]
+  row["guided_over_plain"] = row["guided_ms"] / row["plain_ms"]
+  row["trained_over_plain"] = row["trained_ms"] / row["plain_ms"]
   return row
 
 
@@ -64,8 +97,16 @@ def main(argv):
   del argv
   import common
   rows = [bench(p, int(b), _STEPS.value, _REPEATS.value, _DTYPE.value) for p in _PRESETS.value for b in _BATCH.value]
+  for row in rows:
+    row["note"] = _NOTE.value
   common.print_table(rows, ["preset", "params_M", "dtype", "batch", "steps", "cached_ms", "uncached_ms", "prefix_ms",
-                            "suffix_ms", "floor_ms", "cached_over_floor", "uncached_over_cached"])
+                            "suffix_ms", "floor_ms", "cached_over_floor", "uncached_over_cached", "guided_ms",
+                            "guided_over_plain", "trained_over_plain"])
+  if _OUT.value and os.path.exists(_OUT.value):  # keep the rows of other presets/batches from earlier runs
+    with open(_OUT.value) as f:
+      old = json.load(f)
+    new_keys = {(r["preset"], r["batch"]) for r in rows}
+    rows = [r for r in old.get("rows", []) if (r["preset"], r["batch"]) not in new_keys] + rows
   common.write_json(_OUT.value, {"benchmark": "sampler", "machine": common.machine(), "rows": rows})
 
 

@@ -317,23 +317,27 @@ class Policy:
 
   # Inference core.
 
-  def _executable(self, observation: Observation, noise_or_draw, num_steps: int):
-    """The compiled sampler for these input shapes: fn(params, observation, noise or draw index) -> actions."""
+  def _executable(self, observation: Observation, noise_or_draw, num_steps: int, rtc: tuple = ()):
+    """The compiled sampler for these input shapes: fn(params, observation, noise or draw index, *rtc) -> actions.
+
+    rtc: () or (prev_actions [B, H, action_dim] normalised, inference_delay int32 [B], execution_horizon int32 [B]).
+    """
     draw = np.ndim(noise_or_draw) == 0
     leaves = jax.tree.leaves(observation)
-    key = (num_steps, draw, tuple((tuple(x.shape), np.dtype(x.dtype).str) for x in leaves))
+    key = (num_steps, draw, bool(rtc), tuple((tuple(x.shape), np.dtype(x.dtype).str) for x in leaves))
     if key not in self._compiled:
       model, config, batch, base_key = self._model, self._config, observation.batch_size, self._key
 
-      def sample(params, obs, noise_or_draw):
+      def sample(params, obs, noise_or_draw, *rtc):
         noise = noise_or_draw
+        kw = dict(zip(("prev_actions", "inference_delay", "execution_horizon"), rtc))
         if draw:  # Draw number i of this policy: noise from fold_in(key(seed), i), made inside the executable.
           noise = jax.random.normal(jax.random.fold_in(base_key, noise_or_draw),
                                     (batch, config.action_horizon, config.action_dim), jnp.float32)
-        return model.apply({"params": params}, obs, method="sample_actions", noise=noise, num_steps=num_steps)
+        return model.apply({"params": params}, obs, method="sample_actions", noise=noise, num_steps=num_steps, **kw)
 
       with logs.compiling(f"the sampler (batch {batch}, {num_steps} steps)"):
-        self._compiled[key] = jax.jit(sample).lower(self._params, observation, noise_or_draw).compile()
+        self._compiled[key] = jax.jit(sample).lower(self._params, observation, noise_or_draw, *rtc).compile()
     return self._compiled[key]
 
   def _noise(self, noise, batch: int, batched: bool):
@@ -362,22 +366,46 @@ class Policy:
     noise = self._noise(noise, observation.batch_size, True)
     return self._executable(observation, noise, num_steps)(self._params, observation, noise)
 
-  def infer(self, obs: Mapping[str, Any], *, noise=None, num_steps: int | None = None) -> dict[str, Any]:
+  def _rtc_inputs(self, prev_actions, inference_delay: int, batch: int, batched: bool) -> tuple:
+    """Real-time chunking inputs for the sampler from the robot's plan still to come ([n, A] or [B, n, A])."""
+    horizon, prev = self._config.action_horizon, np.asarray(prev_actions, np.float32)
+    prev = prev if batched else prev[None]
+    if prev.ndim != 3 or prev.shape[0] != batch or prev.shape[1] > horizon or prev.shape[2] != self._action_dim:
+      raise ValueError(f"prev_actions: shape {np.shape(prev_actions)}, expected [n, {self._action_dim}] (or "
+                       f"[{batch}, n, {self._action_dim}]) with n <= action_horizon {horizon}.")
+    n, d = prev.shape[1], int(inference_delay)
+    limit = min(n, horizon - n) if self._config.rtc_max_delay == 0 else min(n, self._config.rtc_max_delay)
+    if not 0 <= d <= limit:
+      raise ValueError(f"inference_delay {d}: expected 0 <= d <= {limit} for {n} planned actions (guided RTC needs "
+                       "d <= n <= H - d; a model trained for RTC d <= its rtc_max_delay).")
+    padded = np.zeros((batch, horizon, self._config.action_dim), np.float32)
+    padded[:, :n, :self._action_dim] = normalize_lib.normalize_np(prev, self._action_norm, self.norm_mode,
+                                                                  self._action_skip)
+    return padded, np.full((batch,), d, np.int32), np.full((batch,), horizon - n, np.int32)
+
+  def infer(self, obs: Mapping[str, Any], *, noise=None, num_steps: int | None = None, prev_actions=None,
+            inference_delay: int = 0) -> dict[str, Any]:
     """Raw observation -> {"actions": float32 [H, A] ([B, H, A] for batched input), "infer_ms": float}.
 
     obs: {"images": {camera key: uint8 [h, w, 3] or [B, h, w, 3]}, "state": [S] or [B, S], "prompt": str or a
     list of B str}; `camera_keys` lists the keys needed (others are ignored). `noise`: [H, action_dim] (or
     [B, H, action_dim]) for a deterministic draw. infer_ms is the wall time of the whole call, measured after
     the result is ready, without the one-off compilation for a new batch size.
+
+    Real-time chunking (pi0_jax.realtime): prev_actions [n, A] (or [B, n, A]), robot units, is the plan still to
+    come for this observation's step onwards (n <= H; the execution horizon is H - n) and inference_delay d the
+    number of those the robot executes while this call runs; the chunk continues them (sample_actions).
     """
     start = time.perf_counter()
     observation, batched = self.prepare(obs)
     num_steps = _check_steps(self.num_steps if num_steps is None else num_steps)
     noise = self._noise(noise, observation.batch_size, batched)
+    rtc = () if prev_actions is None else self._rtc_inputs(prev_actions, inference_delay, observation.batch_size,
+                                                           batched)
     compile_start = time.perf_counter()
-    run = self._executable(observation, noise, num_steps)
+    run = self._executable(observation, noise, num_steps, rtc)
     compile_s = time.perf_counter() - compile_start
-    normalized = run(self._params, observation, noise)
+    normalized = run(self._params, observation, noise, *rtc)
     normalized.block_until_ready()
     actions = self.unnormalize_actions(jax.device_get(normalized))
     elapsed = time.perf_counter() - start - compile_s

@@ -92,6 +92,9 @@ class Pi0Config:
   action_dim: int = 32
   action_horizon: int = 50
   max_token_len: int = 48
+  # Training-time real-time chunking (arXiv 2512.05964): > 0 makes the loss draw a delay d in 0..rtc_max_delay
+  # per example and give the first d action tokens clean actions at flow time 0, outside the loss.
+  rtc_max_delay: int = 0
   vocab_size: int = PALIGEMMA_VOCAB_SIZE
   # Compute dtype; parameters stay float32.
   dtype: str = "bfloat16"
@@ -130,6 +133,9 @@ class Pi0Config:
     for name in ("action_dim", "action_horizon", "max_token_len", "vocab_size", "image_resolution"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"Pi0Config.{name} must be positive, got {getattr(self, name)}.")
+    if not 0 <= int(self.rtc_max_delay) < self.action_horizon:
+      raise ValueError(f"Pi0Config.rtc_max_delay must be in [0, action_horizon={self.action_horizon}), "
+                       f"got {self.rtc_max_delay}.")
 
   @property
   def gemma_configs(self) -> tuple[GemmaConfig, GemmaConfig]:

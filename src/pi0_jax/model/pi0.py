@@ -6,13 +6,23 @@ time) go through expert 1. Flow convention (as in openpi): t = 1 is noise,
 t = 0 is data, x_t = t * noise + (1 - t) * actions, and the model predicts the
 velocity u_t = noise - actions. Sampling integrates from t = 1 to t = 0 with
 Euler steps, computing the prefix once and reusing its K/V cache.
+
+Real-time chunking (RTC): while the robot executes a chunk, the next one is
+sampled so that it continues the actions still to come. Two ways, both in
+`sample_actions(..., prev_actions=...)`: guided inpainting (Black et al. 2025,
+arXiv 2506.07339) of any model, and, for a model trained with
+`Pi0Config.rtc_max_delay > 0` (arXiv 2512.05964), feeding the first d actions of
+the previous plan as clean action tokens at flow time 0.
 """
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pi0_jax.model.config import Pi0Config
 from pi0_jax.model.gemma import Gemma
@@ -35,13 +45,50 @@ def make_attn_mask(input_mask, ar_mask):
 
 
 def posemb_sincos(pos, embedding_dim: int, min_period: float, max_period: float):
-  """Sine-cosine embedding of scalars pos [B] -> [B, embedding_dim] (sin half first)."""
+  """Sine-cosine embedding of scalars pos [...] -> [..., embedding_dim] (sin half first)."""
   if embedding_dim % 2:
     raise ValueError(f"posemb_sincos: embedding_dim must be even, got {embedding_dim}.")
   fraction = jnp.linspace(0.0, 1.0, embedding_dim // 2)
   period = min_period * (max_period / min_period)**fraction
-  angle = pos[:, None].astype(jnp.float32) * (1.0 / period * 2 * jnp.pi)[None, :]
+  angle = pos[..., None].astype(jnp.float32) * (1.0 / period * 2 * jnp.pi)
   return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+
+
+PREFIX_SCHEDULES = ("exp", "linear", "ones", "zeros")
+
+
+def prefix_weights(start, end, total: int, schedule: str = "exp"):
+  """RTC's soft mask over a chunk's steps: [...] starts/ends -> [..., total] weights.
+
+  1 for steps i < start (the actions executed while inference runs), decaying to 0 at i = end (the last step the
+  previous plan covers), 0 from there on; `end` wins over `start`. "linear" decays linearly, "exp" maps the linear
+  weight w to w * expm1(w) / (e - 1), "ones" is 1 up to `end`, "zeros" is 1 only before `start`.
+  """
+  if schedule not in PREFIX_SCHEDULES:
+    raise ValueError(f"schedule {schedule!r}: expected one of {PREFIX_SCHEDULES}.")
+  end = jnp.asarray(end, jnp.float32)[..., None]
+  start = jnp.minimum(jnp.asarray(start, jnp.float32)[..., None], end)
+  i = jnp.arange(total, dtype=jnp.float32)
+  if schedule == "ones":
+    w = jnp.ones_like(i * start)
+  elif schedule == "zeros":
+    w = (i < start).astype(jnp.float32)
+  else:
+    w = jnp.clip((start - 1 - i) / (end - start + 1) + 1, 0.0, 1.0)
+    if schedule == "exp":
+      w = w * jnp.expm1(w) / (math.e - 1)
+  return jnp.where(i >= end, 0.0, w)
+
+
+def guidance_weight(time, max_guidance_weight):
+  """RTC's guidance weight at flow time t (1 = noise): min(beta, t / (1 - t) * (t^2 + (1 - t)^2) / t^2).
+
+  The reference's formula with its time reversed; beta at t = 1.
+  """
+  t = jnp.asarray(time, jnp.float32)
+  safe = jnp.clip(t, 1e-6, 1 - 1e-6)
+  w = safe / (1 - safe) * (safe**2 + (1 - safe)**2) / safe**2
+  return jnp.where(t >= 1, max_guidance_weight, jnp.minimum(max_guidance_weight, w))
 
 
 class PaliGemma(nn.Module):
@@ -101,6 +148,7 @@ class Pi0(nn.Module):
   def embed_suffix(self, obs: Observation, noisy_actions, time):
     """One state token, then H action tokens mixed with the time embedding.
 
+    time [B], or [B, H] for a flow time per action token (training-time RTC gives clean tokens time 0).
     Returns tokens [B, 1 + H, W1], input_mask bool [B, 1 + H], ar_mask bool [1 + H].
     """
     horizon = self.config.action_horizon
@@ -108,7 +156,9 @@ class Pi0(nn.Module):
     state_token = self.state_proj(obs.state)[:, None, :]
     action_tokens = self.action_in_proj(noisy_actions)
     time_emb = posemb_sincos(time, width, min_period=4e-3, max_period=4.0)
-    time_tokens = jnp.broadcast_to(time_emb[:, None, :], (time_emb.shape[0], horizon, width))
+    if time_emb.ndim == 2:
+      time_emb = jnp.broadcast_to(time_emb[:, None, :], (time_emb.shape[0], horizon, width))
+    time_tokens = time_emb
     x = self.action_time_mlp_in(jnp.concatenate([action_tokens, time_tokens], axis=-1))
     x = self.action_time_mlp_out(nn.swish(x))
     tokens = jnp.concatenate([state_token, x], axis=1)
@@ -127,7 +177,7 @@ class Pi0(nn.Module):
         raise ValueError(f"{name}: shape {tuple(actions.shape)}, expected {want} (batch, action_horizon, action_dim).")
 
   def __call__(self, obs: Observation, noisy_actions, time=None):
-    """Velocity v(x_t, t) [B, H, A] from one joint pass over prefix and suffix."""
+    """Velocity v(x_t, t) [B, H, A] from one joint pass over prefix and suffix; time [B] or [B, H]."""
     self._check(obs, noisy_actions, "noisy_actions")
     if time is None:
       time = jnp.ones((obs.batch_size,), jnp.float32)
@@ -148,18 +198,22 @@ class Pi0(nn.Module):
     return prefix_out, self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
 
   def compute_loss(self, obs: Observation, actions, *, rng=None, noise=None, time=None, action_pad_mask=None,
-                   action_dim_mask=None):
+                   action_dim_mask=None, delay=None):
     """Flow-matching loss per action step [B, H].
 
     noise [B, H, A] and time [B] override the random draws (time ~ Beta(1.5, 1) * 0.999 + 0.001).
+    delay int [B] (drawn uniformly from 0..config.rtc_max_delay when that is > 0 and delay is None): the first
+    delay[b] action tokens of example b carry the clean actions at flow time 0 and get exactly zero loss.
     action_pad_mask bool [B, H]: False on steps past the episode end; they get exactly zero loss.
     action_dim_mask bool [A] or [B, A]: False on padded action dimensions; the per-step loss is the
     mean over real dimensions only.
     """
     self._check(obs, actions)
     b = obs.batch_size
-    if (noise is None or time is None) and rng is None:
-      raise ValueError("compute_loss needs `rng` unless both `noise` and `time` are given.")
+    draw_delay = delay is None and self.config.rtc_max_delay > 0
+    if (noise is None or time is None or draw_delay) and rng is None:
+      raise ValueError("compute_loss needs `rng` unless `noise`, `time` (and, with rtc_max_delay > 0, `delay`) "
+                       "are given.")
     if rng is not None:
       noise_rng, time_rng = jax.random.split(rng)
     if noise is None:
@@ -170,7 +224,15 @@ class Pi0(nn.Module):
       raise ValueError(f"noise: shape {tuple(noise.shape)}, expected {tuple(actions.shape)}.")
     if tuple(time.shape) != (b,):
       raise ValueError(f"time: shape {tuple(time.shape)}, expected ({b},).")
-    t = time[:, None, None]
+    if draw_delay:  # its own stream, so that the noise and time draws are those of a model without RTC
+      delay = jax.random.randint(jax.random.fold_in(rng, 2), (b,), 0, self.config.rtc_max_delay + 1)
+    frozen = None
+    if delay is not None:
+      if tuple(jnp.shape(delay)) != (b,):
+        raise ValueError(f"delay: shape {tuple(jnp.shape(delay))}, expected ({b},).")
+      frozen = jnp.arange(self.config.action_horizon)[None, :] < jnp.asarray(delay)[:, None]
+      time = jnp.where(frozen, 0.0, time[:, None])  # [B, H]: time 0 makes x_t the clean actions exactly
+    t = time[..., None] if frozen is not None else time[:, None, None]
     x_t = t * noise + (1 - t) * actions
     u_t = noise - actions
     v_t = self._velocity_uncached(obs, x_t, time)
@@ -187,6 +249,8 @@ class Pi0(nn.Module):
         raise ValueError(f"action_pad_mask: shape {tuple(action_pad_mask.shape)}, "
                          f"expected {(b, self.config.action_horizon)}.")
       per_step = jnp.where(action_pad_mask, per_step, 0.0)
+    if frozen is not None:
+      per_step = jnp.where(frozen, 0.0, per_step)
     return per_step
 
   def prefix_kv_cache(self, obs: Observation):
@@ -208,11 +272,21 @@ class Pi0(nn.Module):
     return self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
 
   def sample_actions(self, obs: Observation, *, rng=None, noise=None, num_steps: int = 10,
-                     use_kv_cache: bool = True):
+                     use_kv_cache: bool = True, prev_actions=None, inference_delay=None, execution_horizon=None,
+                     mode: str | None = None, schedule: str = "exp", max_guidance_weight=5.0):
     """Euler integration of the flow from noise (t = 1) to actions (t = 0): [B, H, A].
 
     Deterministic given `noise`. `use_kv_cache=False` recomputes prefix and suffix at every step
     (the reference the cached path is tested against).
+
+    Real-time chunking, with prev_actions [B, H, A] (the previous chunk's unexecuted plan re-indexed to this
+    chunk's steps, padded at the end, normalised) and inference_delay d (int or int [B]):
+      mode "guided"  (default unless config.rtc_max_delay > 0) every step uses v - w * g, where
+                     g = (d a_hat / d x_t)^T [W * (prev - a_hat)], a_hat = x_t - t v, W = prefix_weights(d,
+                     H - execution_horizon, H, schedule) and w = guidance_weight(t, max_guidance_weight): one
+                     suffix pass plus one VJP through it per step. max_guidance_weight 0 is the plain sampler.
+      mode "trained" (a model trained with rtc_max_delay > 0): the first d steps are prev, fed as clean tokens at
+                     flow time 0; the rest is integrated.
     """
     self._check(obs)
     b = obs.batch_size
@@ -232,6 +306,9 @@ class Pi0(nn.Module):
       velocity = lambda x, t: self.velocity_cached(obs, kv_cache, prefix_mask, x, t)
     else:
       velocity = lambda x, t: self._velocity_uncached(obs, x, t)
+    if prev_actions is not None:
+      velocity, noise = self._rtc_velocity(obs, velocity, noise, prev_actions, inference_delay, execution_horizon,
+                                           mode, schedule, max_guidance_weight)
 
     def cond(mdl, carry):
       del mdl
@@ -246,3 +323,54 @@ class Pi0(nn.Module):
     # A lax loop (lifted for linen); `time` accumulates in float32 by repeated addition of dt.
     x_0, _, _ = nn.while_loop(cond, step, self, (noise, jnp.float32(1.0), jnp.int32(0)))
     return x_0
+
+  def _rtc_velocity(self, obs, velocity, noise, prev_actions, inference_delay, execution_horizon, mode, schedule,
+                    max_guidance_weight):
+    """The RTC step velocity fn(x_t, t [B]) and starting point replacing the plain ones (see sample_actions)."""
+    horizon = self.config.action_horizon
+    mode = mode or ("trained" if self.config.rtc_max_delay > 0 else "guided")
+    delay, end = self._rtc_args(obs, prev_actions, inference_delay, execution_horizon, mode)
+    prev = jnp.asarray(prev_actions, jnp.float32)
+    if mode == "trained":
+      frozen = (jnp.arange(horizon)[None, :] < delay[:, None])[..., None]  # [B, H, 1]
+
+      def trained(x, t):
+        v = velocity(x, jnp.where(frozen[..., 0], 0.0, t[:, None]))
+        return jnp.where(frozen, 0.0, v)  # x + dt * 0 keeps the frozen steps exactly prev
+
+      return trained, jnp.where(frozen, prev, noise)
+    if isinstance(max_guidance_weight, (int, float)) and max_guidance_weight == 0:
+      return velocity, noise  # no guidance: the plain sampler, without a VJP to pay for
+    weights = prefix_weights(delay, end, horizon, schedule)[..., None]  # [B, H, 1]
+
+    def guided(x, t):
+      def denoised(y):  # a_hat(x_t): the clean actions the flow predicts from x_t; the velocity as aux
+        v = velocity(y, t)
+        return y - t[:, None, None] * v, v
+
+      a_hat, vjp, v = jax.vjp(denoised, x, has_aux=True)
+      (g,) = vjp(weights * (prev - a_hat))
+      return v - guidance_weight(t[0], max_guidance_weight) * g
+
+    return guided, noise
+
+  def _rtc_args(self, obs, prev_actions, inference_delay, execution_horizon, mode):
+    """Checked delay int [B] and end of the prefix weights H - execution_horizon int [B] (None in "trained")."""
+    b, horizon = obs.batch_size, self.config.action_horizon
+    if mode not in ("guided", "trained"):
+      raise ValueError(f"mode {mode!r}: expected 'guided' or 'trained'.")
+    self._check(obs, prev_actions, "prev_actions")
+    if inference_delay is None or (mode == "guided" and execution_horizon is None):
+      raise ValueError("sample_actions with prev_actions needs inference_delay"
+                       + (" and execution_horizon" if mode == "guided" else "") + ".")
+    delay = jnp.broadcast_to(jnp.asarray(inference_delay, jnp.int32), (b,))
+    s = None if execution_horizon is None else jnp.broadcast_to(jnp.asarray(execution_horizon, jnp.int32), (b,))
+    if not any(isinstance(x, jax.core.Tracer) for x in (delay, s)):  # checks on concrete values only
+      d_np = np.asarray(delay)
+      if mode == "trained" and not ((d_np >= 0) & (d_np <= self.config.rtc_max_delay)).all():
+        raise ValueError(f"inference_delay {d_np.tolist()}: mode 'trained' needs 0 <= d <= the model's "
+                         f"rtc_max_delay {self.config.rtc_max_delay}.")
+      if mode == "guided" and not ((0 <= d_np) & (d_np <= np.asarray(s)) & (np.asarray(s) <= horizon - d_np)).all():
+        raise ValueError(f"inference_delay d={d_np.tolist()}, execution_horizon s={np.asarray(s).tolist()}: "
+                         f"RTC needs 0 <= d <= s <= H - d with H = {horizon}.")
+    return delay, None if s is None else horizon - s

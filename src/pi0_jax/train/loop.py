@@ -111,10 +111,9 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
     logging.info("resumed from step %d in %s", start, ckpts.directory)
   else:
     with jax.set_mesh(mesh):
-      if config.init.get("paligemma_npz"):
-        # Array by array, straight into the sharded layout; the rest of the tree is initialised there too.
-        params = weights.load_paligemma_npz(config.init.paligemma_npz, model_config, rng=rng,
-                                            shardings=state_sh["params"])
+      # Array by array, straight into the sharded layout; what the source lacks is initialised there too.
+      params = weights.load_init(config.init.to_dict(), model_config, rng=rng, shardings=state_sh["params"])
+      if params is not None:
         state = jax.jit(lambda r, p: init_fn(tx, r, params=p), out_shardings=state_sh)(rng, params)
       else:
         state = jax.jit(functools.partial(init_fn, tx), out_shardings=state_sh)(rng)

@@ -125,7 +125,11 @@ def abstract_params(config) -> dict:
 
 
 def is_paligemma_path(path: str) -> bool:
-  """True for SigLIP and Gemma expert 0 (what a PaliGemma checkpoint holds), False for the action expert and heads."""
+  """True for SigLIP and Gemma expert 0 (what a PaliGemma checkpoint holds), False for the action expert, heads and
+  LoRA factors."""
+  from pi0_jax.model import lora  # pylint: disable=g-import-not-at-top
+  if re.fullmatch(lora.PATH_REGEX, path):
+    return False
   if path.startswith(PALIGEMMA_PREFIX + "img/"):
     return True
   if path.startswith(PALIGEMMA_PREFIX + "llm/"):

@@ -91,7 +91,6 @@ def test_data_defaults_reach_the_pipeline_settings():
     ("--config.ema_decay=1.5", r"config.ema_decay=1.5: expected a float in \[0, 1\)"),
     ("--config.mesh=(('data', 0), ('fsdp', -1))", r"config.mesh=.*sizes must be integers >= 1"),
     ("--config.mesh=(('x', 2), ('fsdp', -1))", r"config.data_axes=\('data', 'fsdp'\) names \['data'\]"),
-    ("--config.init.openpi_params=/ckpt/pi0_base", r"openpi_params='/ckpt/pi0_base': .*not supported yet"),
     ("--config.preemption_sync=never", r"config.preemption_sync='never': expected 'auto', 'sync_point' or"),
 ])
 def test_bad_values_are_refused_before_anything_is_built(override, message, tmp_path):
@@ -107,3 +106,12 @@ def test_one_message_lists_every_problem():
   with pytest.raises(ValueError) as e:
     validate.check_config(config)
   assert "checkpoint_every=0" in str(e.value) and "log_every=0" in str(e.value)
+
+
+def test_two_init_sources_are_refused_before_anything_is_built(tmp_path):
+  from pi0_jax.train import loop
+  config = _parse(os.path.join(ROOT, "configs", "pi0_tiny.py"), "--config.init.openpi_params=/ckpt/pi0_base",
+                  "--config.init.export=/exports/run")
+  with pytest.raises(ValueError, match=r"config.init: \['openpi_params', 'export'\] are set"):
+    loop.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")

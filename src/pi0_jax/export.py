@@ -262,7 +262,7 @@ def _dataset_entries(train_config: dict, norm_stats: dict) -> list[dict]:
 
 
 def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False, dtype: str = "float32",
-           openpi_layout: bool = False, force: bool = False) -> str:
+           openpi_layout: bool = False, force: bool = False, merge_lora: bool = True) -> str:
   """Writes an inference export of a training run (layout in the module docstring); returns `out`.
 
   Args:
@@ -273,9 +273,11 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
     dtype: "float32" or "bfloat16": the dtype of every exported leaf.
     openpi_layout: also write the params and norm stats in openpi's layout under `out/openpi`.
     force: overwrite an existing export in `out`.
+    merge_lora: fold LoRA adapters into their weights (pi0_jax.model.lora.merge_params), so the export is the plain
+      model and model_config.json has no LoRA; False keeps the factors.
   """
   from pi0_jax import __version__, weights  # pylint: disable=g-import-not-at-top
-  from pi0_jax.model import Pi0Config  # pylint: disable=g-import-not-at-top
+  from pi0_jax.model import Pi0Config, lora  # pylint: disable=g-import-not-at-top
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}.")
   workdir, out = os.path.abspath(os.fspath(workdir)), os.path.abspath(os.fspath(out))
@@ -300,6 +302,8 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
   os.makedirs(out, exist_ok=True)
 
   params = restore_params(state_dir, model_config, ema=ema, dtype=dtype)
+  if merge_lora and lora.has_lora(model_config):
+    params, model_config = lora.merge_params(params, model_config), lora.without_lora(model_config)
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.PyTreeCheckpointer() as ckptr:
     ckptr.save(params_dir(out), args=ocp.args.PyTreeSave(params), force=True)
@@ -354,6 +358,7 @@ def _define_flags():
   flags.DEFINE_bool("openpi", False, "Also write the params and per-dataset norm stats in openpi's layout under "
                     "OUT/openpi (params/ as {'params': tree}, assets/<dataset>/norm_stats.json).")
   flags.DEFINE_bool("force", False, "Overwrite an existing export in --out.")
+  flags.DEFINE_bool("merge_lora", True, "Fold LoRA adapters into the base weights (the export is the plain model).")
 
 
 def _main(argv):
@@ -363,7 +368,8 @@ def _main(argv):
   f = flags.FLAGS
   if not f.workdir or not f.out:
     raise app.UsageError("--workdir and --out are required.")
-  out = export(f.workdir, f.out, step=f.step, ema=f.ema, dtype=f.dtype, openpi_layout=f.openpi, force=f.force)
+  out = export(f.workdir, f.out, step=f.step, ema=f.ema, dtype=f.dtype, openpi_layout=f.openpi, force=f.force,
+               merge_lora=f.merge_lora)
   meta = read_export_metadata(out)
   print(f"Exported step {meta['step']}{' (EMA)' if meta['ema'] else ''} of {meta['workdir']} as {meta['dtype']} "
         f"to {out}")

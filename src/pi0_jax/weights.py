@@ -10,6 +10,11 @@ A PaliGemma `.npz` holds SigLIP and Gemma expert 0 only (file key
 expert and the pi0 heads are initialised. Real files are 5.9-11.7 GB, so arrays
 are read, converted and placed one at a time and the file is never held twice.
 
+LoRA factors (pi0_jax.model.lora) carry openpi's names, so an openpi LoRA params
+tree loads as it is and `save_openpi_params` writes ours in its layout; a base
+checkpoint loaded into a LoRA model may lack them (`init_missing`). `load_init`
+picks what a training run starts from (`config.init`).
+
 Validate a file without reading its arrays:
 
   python -m pi0_jax.weights --npz=paligemma-3b-pt-224.npz --config_preset=pi0 --check
@@ -33,8 +38,9 @@ from flax import traverse_util
 from pi0_jax.cli import UserError
 
 __all__ = [
-    "ParamTreeMismatchError", "abstract_params", "check_openpi_params", "check_paligemma_npz", "check_tree",
-    "flatten", "init_subset_fn", "is_paligemma_path", "load_openpi_params", "load_paligemma_npz", "npz_array_headers",
+    "INIT_SOURCES", "ParamTreeMismatchError", "abstract_params", "check_openpi_params", "check_paligemma_npz",
+    "check_tree", "flatten", "init_subset_fn", "is_paligemma_path", "latest_state_dir", "load_init",
+    "load_openpi_params", "load_params", "load_paligemma_npz", "npz_array_headers",
     "npz_key_to_path", "openpi_param_shapes", "paligemma_npz_shapes", "save_openpi_params", "save_paligemma_npz",
     "unflatten",
 ]
@@ -120,7 +126,11 @@ def abstract_params(config) -> dict:
 
 
 def is_paligemma_path(path: str) -> bool:
-  """True for SigLIP and Gemma expert 0 (what a PaliGemma checkpoint holds), False for the action expert and heads."""
+  """True for SigLIP and Gemma expert 0 (what a PaliGemma checkpoint holds), False for the action expert, heads and
+  LoRA factors."""
+  from pi0_jax.model import lora  # pylint: disable=g-import-not-at-top
+  if re.fullmatch(lora.PATH_REGEX, path):
+    return False
   if path.startswith(PALIGEMMA_PREFIX + "img/"):
     return True
   if path.startswith(PALIGEMMA_PREFIX + "llm/"):
@@ -381,15 +391,20 @@ def _resolve_openpi_dir(directory: str) -> str:
   return directory
 
 
-def _openpi_metadata(directory: str) -> tuple[dict[str, Any], bool]:
-  """({stored leaf path: ArrayMetadata}, whether paths carry a trailing `value`) from metadata only."""
+def _openpi_metadata(directory: str, key: str | None = "params") -> tuple[dict[str, Any], bool]:
+  """({stored leaf path: ArrayMetadata}, whether paths carry a trailing `value`) from metadata only.
+
+  `key`: the subtree holding the params (openpi and train states: "params"), or None for a bare tree.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.PyTreeCheckpointer() as ckptr:
     tree = ckptr.metadata(directory).item_metadata
-  if tree is None or "params" not in tree:
+  tree = getattr(tree, "tree", tree)
+  if tree is None or (key is not None and key not in tree):
     top = [] if tree is None else sorted(tree.keys())
-    raise ParamTreeMismatchError(directory, ["params"], top, note="openpi params are saved as {'params': tree}")
-  flat = flatten(dict(tree["params"]))
+    note = "openpi params are saved as {'params': tree}" if key == "params" else f"expected a {key!r} subtree"
+    raise ParamTreeMismatchError(directory, [key or "params"], top, note=note)
+  flat = flatten(dict(tree if key is None else tree[key]))
   # openpi's nnx.State saves wrap every leaf in {'value': ...}.
   strip = bool(flat) and all(k.rsplit("/", 1)[-1] == "value" for k in flat)
   return flat, strip
@@ -423,34 +438,116 @@ def save_openpi_params(params, directory: str, *, force: bool = False) -> None:
                force=force)
 
 
-def load_openpi_params(directory: str, config=None, *, shardings: ShardingSpec = None, dtype=None) -> dict:
+def load_openpi_params(directory: str, config=None, *, shardings: ShardingSpec = None, dtype=None,
+                       init_missing: str | None = None, rng=None) -> dict:
   """Restores openpi params (an Orbax PyTree checkpoint of `{"params": tree}`) as the bare tree.
 
   A trailing `value` path component (openpi's nnx.State saves) is stripped when every leaf has one. With
   `config`, names and shapes are checked against `abstract_params(config)` before anything is read.
   `shardings` (a tree matching the params, one Sharding, or a callable path -> Sharding) places arrays as
-  jax arrays; without it they come back as numpy arrays. `dtype` casts every leaf.
+  jax arrays; without it they come back as numpy arrays. `dtype` casts every leaf. `init_missing` (with
+  `config` and `rng`): a regex of model paths the checkpoint may lack, initialised as `Pi0(config).init(rng)`
+  would, e.g. lora.PATH_REGEX to start LoRA fine-tuning from base weights.
+  """
+  return load_params(_resolve_openpi_dir(directory), config, key="params", shardings=shardings, dtype=dtype,
+                     init_missing=init_missing, rng=rng)
+
+
+def load_params(directory: str, config=None, *, key: str | None = "params", shardings: ShardingSpec = None,
+                dtype=None, init_missing: str | None = None, rng=None, source: str | None = None) -> dict:
+  """The params tree stored under `key` of an Orbax PyTree checkpoint (a partial restore: nothing else is read).
+
+  `key` None: the checkpoint is the bare tree (an export's params/); "params" / "ema_params": a subtree (openpi's
+  layout, a train state). The other arguments are load_openpi_params's; `source` heads error messages.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = _resolve_openpi_dir(directory)
-  flat_meta, strip = _openpi_metadata(directory)
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.exists(directory):
+    raise FileNotFoundError(f"{source or 'params'}: {directory} does not exist.")
+  flat_meta, strip = _openpi_metadata(directory, key)
+  init_paths = ()
   if config is not None:
-    check_tree({_strip_value(k, strip): tuple(v.shape) for k, v in flat_meta.items()},
-               _shapes(abstract_params(config)), directory)
+    found = {_strip_value(k, strip): tuple(v.shape) for k, v in flat_meta.items()}
+    expected = _shapes(abstract_params(config))
+    init_paths = tuple(k for k in expected if k not in found and init_missing and re.fullmatch(init_missing, k))
+    check_tree(found, {k: v for k, v in expected.items() if k not in init_paths}, source or directory,
+               note=f"paths matching {init_missing!r} may be missing (they are initialised)" if init_missing else "")
+    if init_paths and rng is None:
+      raise ValueError(f"{source or directory}: {len(init_paths)} parameters ({init_paths[0]}, ...) must be "
+                       "initialised: pass rng.")
   sharding_of = _sharding_fn(shardings)
   extra = {} if dtype is None else {"dtype": _float_dtype(dtype)}
 
-  def restore_args(key):
+  def restore_args(stored):
     if shardings is None:
       return ocp.RestoreArgs(restore_type=np.ndarray, **extra)
-    sharding = sharding_of(_strip_value(key, strip)) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = sharding_of(_strip_value(stored, strip)) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return ocp.ArrayRestoreArgs(sharding=sharding, **extra)
 
-  item = {"params": unflatten(flat_meta)}
-  args = {"params": unflatten({k: restore_args(k) for k in flat_meta})}
+  item, args = unflatten(flat_meta), unflatten({k: restore_args(k) for k in flat_meta})
+  if key is not None:
+    item, args = {key: item}, {key: args}
   with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(item=item, restore_args=args))["params"]
-  return unflatten({_strip_value(k, strip): v for k, v in flatten(restored).items()})
+    restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
+                                                                   partial_restore=key is not None))
+  flat = {_strip_value(k, strip): v for k, v in flatten(restored if key is None else restored[key]).items()}
+  if init_paths:
+    out_shardings = None if shardings is None else tuple(
+        sharding_of(k) or jax.sharding.SingleDeviceSharding(jax.devices()[0]) for k in init_paths)
+    rng = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
+    init = init_subset_fn(config, init_paths, None if dtype is None else _float_dtype(dtype), out_shardings)
+    flat.update(jax.device_get(init(rng)) if shardings is None else init(rng))
+  return unflatten(flat)
+
+
+# --- where training starts ----------------------------------------------------------------------------------
+
+# The sources `config.init` may name (set at most one); `init.ema` picks a workdir's EMA params.
+INIT_SOURCES = ("paligemma_npz", "openpi_params", "export", "workdir")
+
+
+def latest_state_dir(workdir: str) -> str:
+  """`<workdir>/checkpoints/<step>/state` of the newest complete checkpoint (Orbax renames a step's directory to
+  its bare number only once the save is complete)."""
+  directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f"config.init.workdir: no complete checkpoint under {directory}.")
+  return os.path.join(directory, str(steps[-1]), "state")
+
+
+def load_init(init: Mapping[str, Any], config, *, rng, shardings: ShardingSpec = None) -> dict | None:
+  """The params a run starts from per `config.init`, or None (a fresh init) when it names no source.
+
+  Sources: `paligemma_npz` (SigLIP + expert 0; the rest initialised), `openpi_params` (an openpi params
+  directory), `export` (a pi0_jax.export directory), `workdir` (the latest checkpoint of a training run; with
+  `ema` its EMA params). The last three must fit the model's tree, except that LoRA factors the source lacks
+  (a base checkpoint fine-tuned with LoRA) are initialised from `rng`. Everything is checked before any array is
+  read; arrays go straight to `shardings`.
+  """
+  from pi0_jax.model import lora  # pylint: disable=g-import-not-at-top
+  init = dict(init or {})
+  unknown = set(init) - set(INIT_SOURCES) - {"ema"}
+  given = {k: init[k] for k in INIT_SOURCES if init.get(k)}
+  if unknown or len(given) > 1:
+    raise ValueError(f"config.init: set at most one of {list(INIT_SOURCES)} (plus `ema` with `workdir`); got "
+                     f"{sorted(given)}" + (f" and unknown keys {sorted(unknown)}" if unknown else "") + ".")
+  if not given:
+    return None
+  (kind, path), = given.items()
+  if init.get("ema") and kind != "workdir":
+    raise ValueError(f"config.init.ema applies to config.init.workdir only, not to config.init.{kind}.")
+  path = os.fspath(path)
+  if kind == "paligemma_npz":
+    return load_paligemma_npz(path, config, rng=rng, shardings=shardings)
+  if kind == "openpi_params":
+    directory, key = _resolve_openpi_dir(path), "params"
+  elif kind == "export":
+    directory, key = os.path.join(path, "params"), None
+  else:
+    directory, key = latest_state_dir(path), ("ema_params" if init.get("ema") else "params")
+  return load_params(directory, config, key=key, shardings=shardings, init_missing=lora.PATH_REGEX, rng=rng,
+                     source=f"config.init.{kind} {directory}" + (f" [{key}]" if kind == "workdir" else ""))
 
 
 # --- command line ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ DEFAULT_IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-  """Sizes of one Gemma expert."""
+  """Sizes of one Gemma expert, and its LoRA adapters (pi0_jax.model.lora) when `lora_rank` > 0."""
 
   width: int
   depth: int
@@ -23,6 +23,11 @@ class GemmaConfig:
   num_heads: int
   num_kv_heads: int
   head_dim: int
+  # LoRA on the attention and MLP projections (openpi's "attn" and "ffn"): rank 0 is off. The adapter output is
+  # scaled by lora_alpha / lora_rank, or lora_alpha / sqrt(lora_rank) with lora_rslora (rank-stabilised LoRA).
+  lora_rank: int = 0
+  lora_alpha: float = 1.0
+  lora_rslora: bool = False
 
 
 GEMMA_VARIANTS: dict[str, GemmaConfig] = {
@@ -36,6 +41,9 @@ GEMMA_VARIANTS: dict[str, GemmaConfig] = {
     "gemma_demo_expert": GemmaConfig(width=128, depth=4, mlp_dim=512, num_heads=4, num_kv_heads=1, head_dim=64),
     "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
 }
+# openpi's LoRA variants (its gemma.get_config): the same sizes, rank = alpha (scale 1) on attention and MLP.
+GEMMA_VARIANTS["gemma_2b_lora"] = dataclasses.replace(GEMMA_VARIANTS["gemma_2b"], lora_rank=16, lora_alpha=16.0)
+GEMMA_VARIANTS["gemma_300m_lora"] = dataclasses.replace(GEMMA_VARIANTS["gemma_300m"], lora_rank=32, lora_alpha=32.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +75,15 @@ def _resolve(value: Any, variants: Mapping[str, Any], cls: type, field: str):
                        f"or explicit sizes {[f.name for f in dataclasses.fields(cls)]}.")
     return variants[value]
   if isinstance(value, Mapping):
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(value) != names:
-      raise ValueError(f"Pi0Config.{field}: explicit sizes need exactly the keys {sorted(names)}, "
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+    if not required <= set(value) <= set(fields):
+      optional = f" plus any of {sorted(set(fields) - required)}" if set(fields) - required else ""
+      raise ValueError(f"Pi0Config.{field}: explicit sizes need exactly the keys {sorted(required)}{optional}, "
                        f"got {sorted(value)}.")
-    return cls(**{k: int(v) for k, v in value.items()})
+    # Optional fields keep their default's type (float alpha, bool rslora); sizes are ints.
+    cast = lambda n: int if n in required else type(fields[n].default)  # noqa: E731
+    return cls(**{k: cast(k)(v) for k, v in value.items()})
   raise TypeError(f"Pi0Config.{field}: expected a variant name, a {cls.__name__} or a mapping, got {type(value)}.")
 
 
@@ -120,6 +132,10 @@ class Pi0Config:
       if getattr(llm, name) != getattr(expert, name):
         raise ValueError(f"Pi0Config: both experts must share {name} (their q/k/v meet in one attention), "
                          f"got {getattr(llm, name)} and {getattr(expert, name)}.")
+    for name, cfg in (("paligemma_variant", llm), ("action_expert_variant", expert)):
+      if cfg.lora_rank < 0 or (cfg.lora_rank and cfg.lora_alpha <= 0):
+        raise ValueError(f"Pi0Config.{name}: lora_rank must be >= 0 and lora_alpha > 0, got {cfg.lora_rank} and "
+                         f"{cfg.lora_alpha}.")
     if llm.num_heads % llm.num_kv_heads:
       raise ValueError(f"Pi0Config: num_heads {llm.num_heads} is not a multiple of num_kv_heads {llm.num_kv_heads}.")
     vit = self.siglip_config

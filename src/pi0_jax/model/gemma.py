@@ -5,7 +5,8 @@ expert 1 (the action expert) the suffix tokens. Each layer holds one weight set
 per expert; their q/k/v are concatenated along the sequence, one attention runs
 over all of them, and each expert's slice of the result goes through that
 expert's own output projection, norms and MLP. Names of expert i > 0 end in
-`_i`, which is the layout of published pi0 checkpoints.
+`_i`, which is the layout of published pi0 checkpoints. With `lora_rank` > 0 in an
+expert's config its projections carry LoRA factors in openpi's layout (pi0_jax.model.lora).
 
 Inputs are a list with one entry per expert, [B, T_i, width_i] or None where an
 expert has no tokens (the sampler runs the suffix alone against a K/V cache of
@@ -21,10 +22,14 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from pi0_jax.model import lora
 from pi0_jax.model.config import GemmaConfig
 
 # Masked attention logits; the value Gemma uses (close to bfloat16's lowest).
 BIG_NEG = -2.3819763e38
+# The einsum of each projection by weight name (expert suffix dropped); LoRA merging reads the MLP's too.
+PROJECTION_EQNS = {"q_einsum": "BTD,NDH->BTNH", "kv_einsum": "BSD,2KDH->2BSKH", "attn_vec_einsum": "BTNH,NHD->BTD",
+                   "gating_einsum": "BTD,CDF->CBTF", "linear": "BTF,FD->BTD"}
 
 
 def expert_name(name: str, i: int) -> str:
@@ -49,22 +54,31 @@ class RMSNorm(nn.Module):
 
 
 class Einsum(nn.Module):
-  """A weight `w` of `shape` applied with an einsum, in the input's dtype."""
+  """A weight `w` of `shape` applied with an einsum, in the input's dtype; with `lora` (an expert config of
+  lora_rank > 0) plus the adapter on factors `lora_a`, `lora_b`."""
 
   shape: tuple[int, ...]
   init_fn: nn.initializers.Initializer = nn.initializers.zeros_init()
+  lora: GemmaConfig | None = None
 
   @nn.compact
   def __call__(self, eqn: str, x):
     w = self.param("w", self.init_fn, self.shape)
-    return jnp.einsum(eqn, x, w.astype(x.dtype))
+    y = jnp.einsum(eqn, x, w.astype(x.dtype))
+    if self.lora is not None and self.lora.lora_rank:
+      shape_a, shape_b = lora.factor_shapes(self.shape, self.lora.lora_rank)
+      a, b = self.param("lora_a", lora.INIT, shape_a), self.param("lora_b", lora.INIT, shape_b)
+      y = y + lora.apply(eqn, x, a, b, lora.scale(self.lora))
+    return y
 
 
 class FeedForward(nn.Module):
-  """Gated GELU MLP. Its weights have no `/w` (the published layout)."""
+  """Gated GELU MLP. Its weights have no `/w` (the published layout); LoRA factors sit beside them as
+  `gating_einsum_lora_a` [2, D, r], `gating_einsum_lora_b` [2, r, F], `linear_lora_a` [F, r], `linear_lora_b` [r, D]."""
 
   width: int
   hidden_dim: int
+  lora: GemmaConfig | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -72,8 +86,16 @@ class FeedForward(nn.Module):
                         (2, self.width, self.hidden_dim)).astype(x.dtype)
     linear = self.param("linear", nn.initializers.lecun_normal(in_axis=-2, out_axis=-1),
                         (self.hidden_dim, self.width)).astype(x.dtype)
-    gate = nn.gelu(jnp.dot(x, gating[0]), approximate=True)
-    return jnp.dot(gate * jnp.dot(x, gating[1]), linear)
+    if self.lora is None or not self.lora.lora_rank:
+      gate = nn.gelu(jnp.dot(x, gating[0]), approximate=True)
+      return jnp.dot(gate * jnp.dot(x, gating[1]), linear)
+    rank, factor = self.lora.lora_rank, lora.scale(self.lora)
+    (ga_shape, gb_shape), (la_shape, lb_shape) = (lora.factor_shapes(w.shape, rank) for w in (gating, linear))
+    ga, gb = (self.param(f"gating_einsum_lora_{n}", lora.INIT, s) for n, s in (("a", ga_shape), ("b", gb_shape)))
+    la, lb = (self.param(f"linear_lora_{n}", lora.INIT, s) for n, s in (("a", la_shape), ("b", lb_shape)))
+    proj = lambda i: jnp.dot(x, gating[i]) + lora.apply("BTD,DF->BTF", x, ga[i], gb[i], factor)  # noqa: E731
+    hidden = nn.gelu(proj(0), approximate=True) * proj(1)
+    return jnp.dot(hidden, linear) + lora.apply("BTF,FD->BTD", hidden, la, lb, factor)
 
 
 def apply_rope(x, positions, max_wavelength: float = 10_000):
@@ -102,10 +124,11 @@ class Attention(nn.Module):
       if x is None:
         continue
       q = Einsum((cfg.num_heads, cfg.width, cfg.head_dim), name=expert_name("q_einsum", i),
-                 init_fn=nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)))("BTD,NDH->BTNH", x)
+                 init_fn=nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)), lora=cfg)(
+                     PROJECTION_EQNS["q_einsum"], x)
       k, v = Einsum((2, cfg.num_kv_heads, cfg.width, cfg.head_dim), name=expert_name("kv_einsum", i),
-                    init_fn=nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0, 1)))(
-                        "BSD,2KDH->2BSKH", x)
+                    init_fn=nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0, 1)), lora=cfg)(
+                        PROJECTION_EQNS["kv_einsum"], x)
       qkv.append((q, k, v))
     q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*qkv))
 
@@ -136,8 +159,8 @@ class Attention(nn.Module):
         continue
       end = start + x.shape[1]
       proj = Einsum((cfg.num_heads, cfg.head_dim, cfg.width), name=expert_name("attn_vec_einsum", i),
-                    init_fn=nn.initializers.lecun_normal(in_axis=(-3, -2), out_axis=-1))
-      out.append(proj("BTNH,NHD->BTD", encoded[:, start:end]))
+                    init_fn=nn.initializers.lecun_normal(in_axis=(-3, -2), out_axis=-1), lora=cfg)
+      out.append(proj(PROJECTION_EQNS["attn_vec_einsum"], encoded[:, start:end]))
       start = end
     return out, (k, v)
 
@@ -160,7 +183,7 @@ class Block(nn.Module):
         out.append(None)
         continue
       y = RMSNorm(name=expert_name("pre_ffw_norm", i))(x)
-      y = FeedForward(cfg.width, cfg.mlp_dim, name=expert_name("mlp", i))(y)
+      y = FeedForward(cfg.width, cfg.mlp_dim, lora=cfg, name=expert_name("mlp", i))(y)
       out.append(x + y)
     return out, kv
 

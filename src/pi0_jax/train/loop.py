@@ -125,12 +125,9 @@ def _init_or_resume(config, ts, ckpts, train_data) -> tuple[dict, int]:
     logging.info("resumed from step %d in %s", start, ckpts.directory)
     return state, start
   rng = jax.random.key(int(config.seed))
-  params = None
-  if config.init.get("paligemma_npz"):
-    # Array by array, straight into the sharded layout; the rest of the tree is initialised there too.
-    with jax.set_mesh(ts.mesh):
-      params = weights.load_paligemma_npz(config.init.paligemma_npz, ts.model_config, rng=rng,
-                                          shardings=ts.state_shardings["params"])
+  with jax.set_mesh(ts.mesh):
+    # Array by array, straight into the sharded layout; what the source lacks is initialised there too.
+    params = weights.load_init(config.init.to_dict(), ts.model_config, rng=rng, shardings=ts.state_shardings["params"])
   return ts.init_state(rng, params), 0
 
 

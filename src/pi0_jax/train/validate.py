@@ -28,9 +28,10 @@ def config_problems(config) -> list[str]:
                     "'allreduce'.")
   problems += _mesh_problems(config.get("mesh"), config.get("data_axes"), config.get("fsdp_axes"))
   init = config.get("init") or {}
-  if init.get("openpi_params"):
-    problems.append(f"config.init.openpi_params={init.get('openpi_params')!r}: starting from openpi parameters is not "
-                    "supported yet; use config.init.paligemma_npz, or leave openpi_params unset.")
+  from pi0_jax.weights import INIT_SOURCES  # pylint: disable=g-import-not-at-top
+  sources = [k for k in INIT_SOURCES if init.get(k)]
+  if len(sources) > 1:
+    problems.append(f"config.init: {sources} are set; a run starts from at most one of {list(INIT_SOURCES)}.")
   return problems
 
 

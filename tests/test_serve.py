@@ -7,6 +7,7 @@ subprocess to check `python -m pi0_jax.serve` and its SIGTERM shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import signal
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+import websockets
 from websockets.sync import client as ws_client
 
 from pi0_jax.policy import Policy
@@ -36,18 +38,26 @@ def export_dir(tmp_path_factory):
   return write_untrained_export(str(tmp_path_factory.mktemp("serve") / "export"), preset="tiny")
 
 
-@pytest.fixture(scope="module")
-def served(export_dir):
-  """(server, policy) with the server running in a thread on a free port."""
-  policy = Policy.load(export_dir)
-  server = PolicyServer(policy, host="127.0.0.1", port=0)
+@contextlib.contextmanager
+def _running(server: PolicyServer):
+  """Runs `server` in a thread on a free port; stops it (and checks it stopped) on exit."""
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
   assert server.ready.wait(60)
-  yield server, policy
-  server.stop()
-  thread.join(60)
-  assert not thread.is_alive()
+  try:
+    yield server
+  finally:
+    server.stop()
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def served(export_dir):
+  """(server, policy) with the server running in a thread."""
+  policy = Policy.load(export_dir)
+  with _running(PolicyServer(policy, host="127.0.0.1", port=0)) as server:
+    yield server, policy
 
 
 def _obs(rng: np.random.Generator, prompt: str = "push the puck") -> dict:
@@ -179,6 +189,23 @@ def test_optional_fields_pass_through_when_infer_takes_them(served, export_dir):
   np.testing.assert_array_equal(kwargs["prev_actions"], prev)
   assert sorted(obs) == ["images", "prompt", "state"] and sorted(obs["images"]) == ["image", "wrist_image"]
   assert keys == ["observation/image", "observation/state", "observation/wrist_image", "prompt"]
+
+
+def test_internal_error_sends_the_traceback_and_closes_like_openpi(export_dir):
+  """A failure that is not the request's fault: traceback as text, close code 1011; other clients go on."""
+
+  class BrokenPolicy(Policy):
+
+    def infer(self, obs, *, noise=None, num_steps=None):
+      raise RuntimeError("the policy broke")
+
+  with _running(PolicyServer(BrokenPolicy.load(export_dir), host="127.0.0.1", port=0)) as server:
+    for _ in range(2):  # The second client finds the server still up.
+      client = _client(server)
+      with pytest.raises(RuntimeError, match=r"(?s)Traceback .*RuntimeError: the policy broke"):
+        client.infer(_obs(np.random.default_rng(4)))
+      with pytest.raises(websockets.ConnectionClosedError, match="1011"):
+        client._ws.recv(timeout=10)  # pylint: disable=protected-access
 
 
 def test_client_disconnecting_mid_request(served):

@@ -5,8 +5,9 @@ The server is `python -m pi0_jax.serve` in its own process, serving an untrained
 its own observations (distinct prompts, states, frames and noise) back to back for --duration_s. Every reply is
 checked against the actions `Policy.infer` gives in this process for that client's observation with the same
 noise: a reply equal to its own request's actions counts as correct, one equal to another request's as mixed
-up, a request without a reply as lost. The protocol's overhead is the round trip of one client minus in-process
-`Policy.infer` on the same observations (both measured here, one after the other).
+up, a request without a reply as lost. The protocol's overhead, with one client: the round trip minus
+`Policy.infer` on the same observations in a fresh process of its own (timed just before, with the server idle),
+and per request the round trip minus the server's own `Policy.infer` call (server_timing.infer_ms).
 
   python benchmarks/serve.py --preset=tiny --clients=1,4,8 --duration_s=20 --out=benchmarks/results/serve.json
 """
@@ -141,16 +142,40 @@ def run_load(port: int, observations: list[list[dict]], expected: list[list[np.n
           **{f"{k}": _percentiles(v) for k, v in merged.items()}}
 
 
-def in_process_ms(policy, requests: list[dict], repeats: int) -> list[float]:
-  """Wall time of Policy.infer on the same requests, in this process (after a warm-up call)."""
-  policy.infer(_native(requests[0]), noise=requests[0]["noise"])
-  times = []
-  for i in range(repeats):
-    r = requests[i % len(requests)]
-    start = time.perf_counter()
-    policy.infer(_native(r), noise=r["noise"])
-    times.append(1e3 * (time.perf_counter() - start))
-  return times
+# In-process Policy.infer, timed in a fresh process that imports what the server imports and nothing more (this
+# one has run the export, which loads TensorFlow and its thread pools, and hosts the client threads).
+_IN_PROCESS = """
+import json, sys, time
+import numpy as np
+from pi0_jax.policy import Policy
+checkpoint, arrays, repeats = sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3])
+prompts = json.loads(sys.argv[4])
+policy = Policy.load(checkpoint)
+requests = [({"images": {"image": arrays[f"image{i}"], "wrist_image": arrays[f"wrist{i}"]}, "state": arrays[f"state{i}"],
+              "prompt": p}, arrays[f"noise{i}"]) for i, p in enumerate(prompts)]
+policy.infer(requests[0][0], noise=requests[0][1])
+times = []
+for i in range(repeats):
+  obs, noise = requests[i % len(requests)]
+  start = time.perf_counter()
+  policy.infer(obs, noise=noise)
+  times.append(1e3 * (time.perf_counter() - start))
+print(json.dumps(times))
+"""
+
+
+def in_process_ms(checkpoint: str, requests: list[dict], repeats: int, tmp: str) -> list[float]:
+  """Wall times of Policy.infer on `requests` (after a warm-up call) in a fresh process on the same CPUs."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(tmp, "requests.npz")
+  np.savez(path, **{f"{name}{i}": r[key] for i, r in enumerate(requests) for name, key in (
+      ("image", "observation/image"), ("wrist", "observation/wrist_image"), ("state", "observation/state"),
+      ("noise", "noise"))})
+  env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  p = subprocess.run([sys.executable, "-c", _IN_PROCESS, checkpoint, path, str(repeats),
+                      json.dumps([r["prompt"] for r in requests])], env=env, cwd=ROOT, capture_output=True, text=True,
+                     timeout=600, check=True)
+  return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main(argv) -> None:
@@ -171,7 +196,7 @@ def main(argv) -> None:
     try:
       run_load(port, observations[:1], expected[:1], 2.0)  # Warm-up: the server compiles the noise path.
       # In-process Policy.infer on the first client's requests, while the server idles, just before the runs.
-      local = in_process_ms(policy, observations[0], repeats=50)
+      local = in_process_ms(checkpoint, observations[0], 100, tmp)
       runs = []
       for n in counts:
         runs.append(run_load(port, observations[:n], expected[:n], _DURATION.value))

@@ -17,7 +17,7 @@ way the server keeps serving its other clients.
 All inference runs on one worker thread, one request at a time in arrival order: the policy compiles once per
 batch shape and owns one device, and requests of concurrent clients queue (their wait is `queue_ms`). A client
 that disconnects mid-request loses its reply and nothing else. SIGTERM and SIGINT stop the server cleanly: it
-stops accepting, closes the open connections (code 1001) and waits for the request in flight.
+stops accepting, closes the open connections (code 1001), lets the request in flight finish and returns.
 
 Observation keys: the request is flattened with "/" between nested keys (openpi's convention), each key is
 renamed through a `KeyMap`, and the result is unflattened into what `Policy.infer` takes ({"images": {camera:

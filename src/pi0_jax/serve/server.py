@@ -203,8 +203,7 @@ class PolicyServer:
       result, queue_s, infer_s = await loop.run_in_executor(self._executor, self._infer, obs, kwargs,
                                                             time.perf_counter())
     except ValueError as e:  # Policy's input checks: they name the key and the expected value.
-      raise BadRequest(f"{e} (request keys {keys}; key map "
-                       f"{self.key_map.renames})") from None
+      raise BadRequest(f"{e} (request keys {keys}; key map {self.key_map.renames})") from None
     reply = {k: v for k, v in result.items() if k != "infer_ms"}
     reply["actions"] = np.asarray(reply["actions"], np.float32)
     reply["policy_timing"] = {"infer_ms": float(result.get("infer_ms", 1e3 * infer_s))}

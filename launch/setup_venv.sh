@@ -16,5 +16,9 @@ want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$root/.venv/bin/python" -m pip install --quiet --upgrade pip
   "$root/.venv/bin/python" -m pip install --quiet -e "$root[$extras]"
+  if [[ ",$extras," == *",test,"* && ",$extras," == *",serve,"* ]]; then
+    # The serving tests' robot side is openpi's client; --no-deps: its numpy<2 pin is not ours (see setup.cfg).
+    "$root/.venv/bin/python" -m pip install --quiet --no-deps openpi-client==0.1.2
+  fi
   echo "$want" > "$stamp"
 fi

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
-
-from pi0_jax import hlo_cost  # noqa: E402
+from pi0_jax import aot  # noqa: F401  (sets libtpu's compile-only environment before it loads)
+from pi0_jax import hlo_cost
 
 
 def test_shape_bytes_sums_tuples_and_layouts():

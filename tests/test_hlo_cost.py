@@ -104,3 +104,19 @@ def test_step_time_terms():
   assert t["projected_s"] == pytest.approx(2.0) and t["bound"] == "compute"
   assert t["mfu"] == pytest.approx(1.0)
   assert t["no_overlap_s"] == pytest.approx(2.0 + 3e9 / 200e9)
+
+
+def test_slice_axis_runs_across_slices_and_fsdp_inside():
+  from pi0_jax.train import setup, sharding
+  from pi0_jax.train.defaults import base_config
+  devices = aot.topology_devices("v5e:2x2", num_slices=2)
+  assert sharding.num_slices(devices) == 2
+  config = setup.with_slices(base_config(), 2)
+  assert config.mesh == (("slice", 2), ("data", 1), ("fsdp", -1)) and config.data_axes == ("slice", "data", "fsdp")
+  mesh = sharding.make_mesh(config.mesh, devices)
+  assert dict(mesh.shape) == {"slice": 2, "data": 1, "fsdp": 4}
+  for i in range(2):  # Each index of the slice axis holds exactly one slice's chips.
+    assert {d.slice_index for d in mesh.devices[i].flat} == {i}
+  with pytest.raises(ValueError, match="span 2 slices, so the mesh needs a 'slice' axis of size 2"):
+    sharding.make_mesh((("data", 2), ("fsdp", 4)), devices)
+  assert setup.with_slices(config, 2) is config  # Already has one.

@@ -56,7 +56,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pi0_jax import logs  # noqa: E402
+from pi0_jax import hlo_cost, logs  # noqa: E402
 from pi0_jax.model import Pi0Config, get_preset  # noqa: E402
 from pi0_jax.train import defaults, setup, sharding  # noqa: E402
 from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
@@ -105,8 +105,9 @@ def num_chips(topology: str) -> int:
   return math.prod(parse_topology(topology)[1])
 
 
-def topology_devices(topology: str) -> list:
-  """Compile-only devices of `topology` from libtpu (no TPU needed); ValueError if libtpu rejects it."""
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """Compile-only devices of `num_slices` slices of `topology` from libtpu (no TPU needed); ValueError if libtpu
+  rejects it. Each device's `slice_index` says its slice."""
   chip, dims = parse_topology(topology)
   if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
     # Nothing in this process will run a real TPU runtime, so libtpu's multi-host settings do not matter;
@@ -119,12 +120,13 @@ def topology_devices(topology: str) -> list:
   name = f"{chip.generation}:" + "x".join(map(str, dims))
   try:
     desc = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name=chip.chip_config_name,
-                                        chips_per_host_bounds=bounds, num_slices=1)
+                                        chips_per_host_bounds=bounds, num_slices=int(num_slices))
   except Exception as e:  # libtpu's own message says what it disliked; keep it.
     raise ValueError(f"topology {topology!r}: libtpu could not build it: {e}") from e
   devices = list(desc.devices)
-  if len(devices) != math.prod(dims):
-    raise ValueError(f"topology {topology!r}: libtpu returned {len(devices)} devices for {math.prod(dims)} chips.")
+  if len(devices) != math.prod(dims) * num_slices:
+    raise ValueError(f"topology {topology!r} x {num_slices} slices: libtpu returned {len(devices)} devices for "
+                     f"{math.prod(dims) * num_slices} chips.")
   return devices
 
 
@@ -163,7 +165,7 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
                        data_axes: Sequence[str] | None = None, fsdp_axes: Sequence[str] | None = None,
                        optimizer_cfg: Mapping[str, Any] | None = None, ema_decay: float | None = None,
                        grad_accum_steps: int = 1, rules=((".*", "auto"),), peak_flops: float | None = None,
-                       hbm_bytes: int | None = None) -> dict:
+                       hbm_bytes: int | None = None, num_slices: int = 1) -> dict:
   """Compiles pi0's train step for `topology` without allocating anything; returns the report dict.
 
   The settings are those of `train_config`; sizes one may be -1 and must multiply to the chip count.
@@ -172,19 +174,24 @@ def compile_train_step(model_config: Pi0Config, *, topology: str, mesh_axes, glo
   config = train_config(model_config, mesh_axes=mesh_axes, global_batch=global_batch, data_axes=data_axes,
                         fsdp_axes=fsdp_axes, optimizer_cfg=optimizer_cfg, ema_decay=ema_decay,
                         grad_accum_steps=grad_accum_steps, rules=rules)
-  return compile_config(config, topology=topology, peak_flops=peak_flops, hbm_bytes=hbm_bytes)
+  return compile_config(config, topology=topology, num_slices=num_slices, peak_flops=peak_flops, hbm_bytes=hbm_bytes)
 
 
-def compile_config(config, *, topology: str, peak_flops: float | None = None, hbm_bytes: int | None = None) -> dict:
+def compile_config(config, *, topology: str, num_slices: int = 1, peak_flops: float | None = None,
+                   hbm_bytes: int | None = None) -> dict:
   """Compiles the train step of a trainer config (pi0_jax.train.setup, as the trainer does) for `topology`.
 
   Raises ValueError before loading the TPU compiler for an unknown topology, a mesh that does not match the
   chip count, unknown data/FSDP axes or a batch the data-parallel size does not divide.
   """
   chip, dims = parse_topology(topology)
-  axes = setup.resolve_layout(config, math.prod(dims), where=f" on {topology}")
+  if num_slices < 1:
+    raise ValueError(f"num_slices={num_slices}: expected an integer >= 1.")
+  config = setup.with_slices(config, num_slices)  # Data parallel across slices, FSDP inside each.
+  where = f" on {topology}" + (f" x {num_slices} slices" if num_slices > 1 else "")
+  axes = setup.resolve_layout(config, math.prod(dims) * num_slices, where=where)
   t_start = time.perf_counter()
-  devices = topology_devices(topology)
+  devices = topology_devices(topology, num_slices)
   ts = setup.train_setup(config, sharding.make_mesh(axes, devices))
   abstract_batch = ts.abstract_batch(int(config.global_batch))
   with jax.set_mesh(ts.mesh):
@@ -204,6 +211,7 @@ def compile_config(config, *, topology: str, peak_flops: float | None = None, hb
   cost = _cost_analysis(compiled)
   report = {
       "topology": topology,
+      "num_slices": int(num_slices),
       "generation": chip.generation,
       "device_kind": devices[0].device_kind,
       "num_chips": len(devices),
@@ -220,9 +228,25 @@ def compile_config(config, *, topology: str, peak_flops: float | None = None, hb
   }
   report.update(_flops(traced, cost, ts.data_parallel_size, int(config.global_batch),
                        float(peak_flops or chip.peak_bf16_flops)))
+  report["step_time"] = _step_time(compiled, report, chip, len(devices), num_slices, peak_flops)
   report.update(lower_s=t_lowered - t_start, compile_s=t_compiled - t_lowered, jax_version=jax.__version__,
                 libtpu_version=_libtpu_version())
   return report
+
+
+def _step_time(compiled, report: dict, chip: ChipSpec, num_devices: int, num_slices: int,
+               peak_flops: float | None) -> dict | None:
+  """The projected step time (pi0_jax.hlo_cost) from the compiled program and the chip's published rates."""
+  rates = hlo_cost.CHIP_RATES.get(chip.generation)
+  if compiled is None or rates is None:
+    return None
+  if peak_flops:
+    rates = dataclasses.replace(rates, peak_flops=float(peak_flops))
+  cost = hlo_cost.program_cost(compiled.as_text(), num_devices=num_devices,
+                               devices_per_slice=num_devices // num_slices)
+  t = hlo_cost.step_time(matmul_flops=report["flops_per_chip"], cost=cost, rates=rates)
+  t["samples_per_s"] = report["global_batch"] / t["projected_s"] if t["projected_s"] else None
+  return t
 
 
 def _model_summary(cfg: Pi0Config) -> dict:
@@ -323,7 +347,8 @@ def format_report(r: dict) -> str:
 
   mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
   lines = [
-      f"pi0 train step on {r['topology']}: {r['num_chips']} x {r['device_kind']}, mesh {mesh}",
+      f"pi0 train step on {r['topology']}" + (f" x {r['num_slices']} slices" if r.get("num_slices", 1) > 1 else "")
+      + f": {r['num_chips']} x {r['device_kind']}, mesh {mesh}",
       f"  {_si(r['num_params'])} params; global batch {r['global_batch']} ({r['per_chip_batch']:g} per "
       f"data-parallel shard, grad accum {r['grad_accum_steps']}), {r['model']['dtype']}, remat "
       f"{r['model']['remat_policy']}, EMA {'on' if r['ema'] else 'off'}",
@@ -350,18 +375,14 @@ def format_report(r: dict) -> str:
   ]
   peak = f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s"
   lines.append(f"step time at {peak} peak (100% MFU, a floor): {r['seconds_at_peak']:.4g} s")
-  if "compiler_error" in m:
-    pass  # No compiled program, no cost analysis.
-  elif r["mfu_estimate"]:
-    lines.append(f"compiler roofline: optimal_seconds {r['optimal_seconds']:.4g} s for {_si(r['xla_flops_per_chip'])}"
-                 f"FLOP -> projected MFU {100 * r['mfu_estimate']:.1f}% of {peak} (an estimate from XLA's cost "
-                 f"model); at that rate {r['step_seconds_estimate']:.3g} s/step, "
-                 f"{r['samples_per_s_estimate']:.4g} samples/s")
-  elif r["optimal_seconds_raw"] is not None:
-    lines.append(f"compiler roofline: optimal_seconds {r['optimal_seconds_raw']:.4g} s is unusable here (negative, or "
-                 "implying > 100% MFU); no MFU estimate")
-  else:
-    lines.append("compiler roofline: no optimal_seconds in the cost analysis; no MFU estimate")
+  t = r.get("step_time")
+  if t:
+    lines.append(
+        f"projected step (pi0_jax.hlo_cost): {t['projected_s']:.4g} s, {t['bound']}-bound, MFU "
+        f"{100 * t['mfu']:.1f}%, {t['samples_per_s']:.4g} samples/s; terms: compute {t['compute_s']:.4g} s, HBM "
+        f"{_si(t['hbm_bytes'])}B -> {t['memory_s']:.4g} s, ICI {_si(t['ici_wire_bytes'])}B -> {t['ici_s']:.4g} s"
+        + (f", DCN {_si(t['dcn_wire_bytes'])}B -> {t['dcn_s']:.4g} s" if t["dcn_wire_bytes"] else "")
+        + f" (no overlap: {t['no_overlap_s']:.4g} s)")
   lines.append(f"lowered in {r['lower_s']:.1f} s, compiler ran {r['compile_s']:.1f} s "
                f"(jax {r['jax_version']}, libtpu {r['libtpu_version']})")
   return "\n".join(lines)
@@ -382,6 +403,8 @@ def _define_flags():
   flags.DEFINE_string("topology", None, "TPU topology: v5e:16x16, v5p:4x4x4, v6e:8x8, v4:4x4x4, ...")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path ('-': stdout, instead of text).")
   flags.DEFINE_float("peak_flops", None, "Per-chip peak FLOP/s for the MFU estimate (default: the chip table).")
+  flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined over the data-centre network (multi-slice): "
+                       "a leading `slice` mesh axis, data parallel, is added unless the mesh has one.")
   # Without --config:
   flags.DEFINE_string("preset", "pi0", "Pi0Config preset (pi0_jax.model.PRESETS).")
   flags.DEFINE_integer("global_batch", 1024, "Global batch size.")
@@ -423,12 +446,12 @@ def _compile_from_flags(f) -> dict:
     if clashing:
       raise app.UsageError(f"--{', --'.join(clashing)} only apply without --config; with a config file, "
                            "override its fields instead, e.g. --config.global_batch=512.")
-    return compile_config(config, topology=f.topology, peak_flops=f.peak_flops)
+    return compile_config(config, topology=f.topology, num_slices=f.num_slices, peak_flops=f.peak_flops)
   overrides = {"remat_policy": f.remat_policy} if f.remat_policy else {}
   return compile_train_step(
       get_preset(f.preset, **overrides), topology=f.topology, mesh_axes=f.mesh, data_axes=f.data_axes,
       fsdp_axes=f.fsdp_axes, global_batch=f.global_batch, ema_decay=f.ema_decay,
-      grad_accum_steps=f.grad_accum_steps, peak_flops=f.peak_flops)
+      grad_accum_steps=f.grad_accum_steps, peak_flops=f.peak_flops, num_slices=f.num_slices)
 
 
 def cli():

@@ -58,9 +58,10 @@ def run(config, workdir: str, *, distributed: bool | None = None, stop_after: in
   # during data setup or compilation is held too, and every process stops at the first step they agree on.
   stopper = preemption.StopAgreement(every=int(config.log_every), mode=config.get("preemption_sync", "auto")).start()
   from pi0_jax.data import pipeline
-  from pi0_jax.train import checkpoint, setup
+  from pi0_jax.train import checkpoint, setup, sharding
 
   # --- Mesh (checks the axes and the global batch against the devices and processes) ------------
+  config = setup.with_slices(config, sharding.num_slices(jax.devices()))  # Several TPU slices: data parallel.
   mesh = setup.make_mesh(config)
 
   # --- Model, optimizer and shardings (abstract: nothing allocated or compiled) -----------------

@@ -40,6 +40,18 @@ def resolve_layout(config, num_devices: int, *, process_count: int = 1, where: s
   return axes
 
 
+def with_slices(config, slices: int):
+  """`config` for `slices` TPU slices: unless its mesh already has one, a leading `slice` axis of that size,
+  data parallel (FSDP stays inside each slice). A copy; `config` itself is left alone."""
+  axes = sharding.parse_mesh(config.mesh)
+  if slices <= 1 or sharding.SLICE_AXIS in dict(axes):
+    return config
+  c = config.copy_and_resolve_references()
+  c.mesh = tuple([(sharding.SLICE_AXIS, int(slices))] + axes)
+  c.data_axes = (sharding.SLICE_AXIS,) + tuple(config.data_axes)
+  return c
+
+
 def make_mesh(config, devices: Sequence[Any] | None = None) -> Mesh:
   """The config's mesh over `devices` (default: all), after resolve_layout's checks."""
   devices = list(jax.devices() if devices is None else devices)

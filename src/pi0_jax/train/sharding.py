@@ -71,13 +71,35 @@ def resolve_mesh_axes(axes, num_devices: int, where: str = "") -> list[tuple[str
   return list(zip(names, sizes))
 
 
+SLICE_AXIS = "slice"  # The mesh axis that runs across TPU slices (over the data-centre network).
+
+
+def num_slices(devices: Sequence[Any]) -> int:
+  """How many TPU slices `devices` span (1 for CPUs, GPUs and single-slice TPUs)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
 def make_mesh(axes: Sequence[tuple[str, int]] | str, devices: Sequence[Any] | None = None) -> Mesh:
-  """A Mesh with the named axes; one size may be -1. Errors name the offending sizes."""
+  """A Mesh with the named axes; one size may be -1. Errors name the offending sizes.
+
+  An axis named SLICE_AXIS is laid across slices and every other axis inside each slice
+  (`mesh_utils.create_hybrid_device_mesh`), so only that axis's collectives cross the data-centre network.
+  """
   devices = list(jax.devices() if devices is None else devices)
   axes = resolve_mesh_axes(axes, len(devices))
   names, sizes = [a for a, _ in axes], [s for _, s in axes]
+  slices = num_slices(devices)
+  if slices > 1 and dict(axes).get(SLICE_AXIS) != slices:
+    raise ValueError(f"mesh axes {dict(axes)}: the devices span {slices} slices, so the mesh needs a "
+                     f"{SLICE_AXIS!r} axis of size {slices} (data parallel across slices).")
   try:
-    grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    if SLICE_AXIS in names and slices > 1:
+      i = names.index(SLICE_AXIS)
+      ici = [1 if j == i else s for j, s in enumerate(sizes)]
+      dcn = [s if j == i else 1 for j, s in enumerate(sizes)]
+      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+    else:
+      grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
   except Exception:  # Topologies the helper does not know (e.g. simulated CPU devices): plain order.
     grid = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(grid, tuple(names), axis_types=(jax.sharding.AxisType.Auto,) * len(names))

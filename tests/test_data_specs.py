@@ -113,3 +113,15 @@ def test_bad_spec_in_the_config_names_dataset_and_field(spec, message):
   cfg = helpers.data_config({}, "/nonexistent", datasets=[dict(name="custom", dir="/nonexistent", spec=spec)])
   with pytest.raises(ValueError, match=message):
     pipeline.make_train_data(cfg, config, global_batch=4, tokenize_fn=helpers.fake_tokenize(config.max_token_len))
+
+
+def _reads_a_missing_key(steps):
+  return dict(steps, action=steps["observation"]["joint_torques"])
+
+
+def test_transform_reading_a_missing_key_fails_before_reading(dataset):
+  d, _, root = dataset
+  spec = dict(cameras={"base_0_rgb": "image"}, state_keys=["state"], transform="test_data_specs:_reads_a_missing_key")
+  with pytest.raises(ValueError, match=r"dataset 'custom', every episode: the spec's transform _reads_a_missing_key "
+                                       r"reads key 'joint_torques'"):
+    _make_from_config(d, root, spec)

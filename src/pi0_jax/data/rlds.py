@@ -19,6 +19,7 @@ only after the shuffle.
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -98,8 +99,10 @@ def transformed_steps_spec(builder, dataset: str, spec: DatasetSpec, split: str 
   try:
     return ds.map(lambda e: spec.transform(e["steps"])).element_spec
   except KeyError as e:
+    found = re.search(r"KeyError: (.*)", str(e.args[0]) if e.args else "")  # Autograph wraps the message.
+    key = found.group(1).strip() if found else str(e)
     raise validate.DataError(f"dataset {dataset!r}, every episode: the spec's transform "
-                             f"{getattr(spec.transform, '__qualname__', spec.transform)} reads key {e} that the "
+                             f"{getattr(spec.transform, '__qualname__', spec.transform)} reads key {key} that the "
                              f"steps lack; step keys are {sorted(ds.element_spec['steps'])}.") from None
 
 

@@ -39,7 +39,8 @@ def _env(**extra) -> dict[str, str]:
 def _script(name: str, *args: str, **env) -> subprocess.CompletedProcess:
   """Runs console script `name` as its installed wrapper does (argv[0] is the script's path), from this tree."""
   module, function = SCRIPTS[name].split(":")
-  code = f"import sys; sys.argv = {[f'/venv/bin/{name}', *args]!r}; from {module} import {function}; sys.exit({function}())"
+  argv = [f"/venv/bin/{name}", *args]
+  code = f"import sys; sys.argv = {argv!r}; from {module} import {function}; sys.exit({function}())"
   return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(**env), timeout=300)
 
 

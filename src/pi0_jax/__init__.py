@@ -7,8 +7,9 @@ type", "unexpected worker hostname ... TPU_WORKER_HOSTNAMES") before JAX falls b
 JAX_PLATFORMS and JAX_FORCE_TPU_INIT are unset and the host has no TPU (no TPU on the PCI bus, no
 /dev/accel*, no /dev/vfio group) and no GPU (no /dev/nvidiactl, /dev/nvidia0, /dev/dxg, /dev/kfd),
 JAX_PLATFORMS is set to "cpu": the backend JAX would end up with anyway (and so is jax.config's
-jax_platforms when jax was imported first: it reads the variable at import). Compile-only TPU devices (jax.experimental.topologies,
-used by pi0_jax.aot) load libtpu themselves and are unaffected. Set JAX_PLATFORMS to choose otherwise.
+jax_platforms when jax was imported first: it reads the variable at import). Compile-only TPU devices
+(jax.experimental.topologies, used by pi0_jax.aot) load libtpu themselves and are unaffected. Set
+JAX_PLATFORMS to choose otherwise.
 """
 
 from __future__ import annotations

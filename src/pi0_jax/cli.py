@@ -7,8 +7,9 @@ Every command goes through `run`, so all of them behave alike:
 - An error the user can fix prints one line, `<command>: error: <message>`, and exits 1: a `UserError` (the
   project's `DataError`, `ParamTreeMismatchError`, ...), a `ValueError` (the project raises it for a bad
   setting, with a message naming the setting and the expected value), an OSError (a missing or unwritable
-  file, a config file that does not load), or a usage error (also a --config.FIELD override of no field). `--verbose` (or PI0_VERBOSE=1) prints the traceback as well. Anything else is a bug and
-  always shows its traceback.
+  file, a config file that does not load), or a usage error (also a --config.FIELD override of no field).
+  `--verbose` (or PI0_VERBOSE=1) prints the traceback as well. Anything else is a bug and always shows its
+  traceback.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def _parse_flags(command: str, argv: list[str]) -> list[str]:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:
     field = str(e.args[0] if e.args else e).strip("'\" ")
+    overridden = {name for a in argv if a.startswith("--config.") for name in a.split("=")[0].split(".")[1:]}
+    if field not in overridden:  # Raised elsewhere, e.g. by the config file's own code: a bug, not a typo.
+      raise
     _report(command, UserError(f"no config field {field!r} (in a --config.FIELD=VALUE override)"), "Try --help.")
     sys.exit(1)
 

@@ -120,3 +120,22 @@ def test_slice_axis_runs_across_slices_and_fsdp_inside():
   with pytest.raises(ValueError, match="span 2 slices, so the mesh needs a 'slice' axis of size 2"):
     sharding.make_mesh((("data", 2), ("fsdp", 4)), devices)
   assert setup.with_slices(config, 2) is config  # Already has one.
+
+
+def test_plan_ranks_candidates_by_projected_throughput(tmp_path):
+  """The planner on the tiny model and a 4-chip v5e: two remat policies, one batch, one mesh, real compiles."""
+  from pi0_jax.train.defaults import base_config
+  import ml_collections
+  from pi0_jax.model.config import get_preset
+  config = base_config()
+  config.model = ml_collections.ConfigDict(get_preset("tiny").to_dict())
+  rows = aot.plan(config, topology="v5e:2x2", per_chip_batches=(2,), meshes=[(("data", 1), ("fsdp", 4))],
+                  remat_policies=("nothing_saveable", "none"), progress=lambda _: None)
+  assert [r["fits"] for r in rows] == [True, True]
+  assert {r["remat_policy"] for r in rows} == {"nothing_saveable", "none"}
+  assert rows[0]["samples_per_s"] >= rows[1]["samples_per_s"] > 0
+  assert all(r["global_batch"] == 8 and r["mesh"] == {"data": 1, "fsdp": 4} for r in rows)
+  # Remat recomputes the forward pass: more matmul FLOPs than keeping every activation.
+  flops = {r["remat_policy"]: r["flops_per_chip"] for r in rows}
+  assert flops["nothing_saveable"] > flops["none"]
+  assert "fastest first" in aot.format_plan(rows, "v5e:2x2")

@@ -50,13 +50,13 @@ import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Mapping, Sequence  # noqa: E402
+from typing import Any, Callable, Mapping, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pi0_jax import hlo_cost, logs  # noqa: E402
+from pi0_jax import files, hlo_cost, logs  # noqa: E402
 from pi0_jax.model import Pi0Config, get_preset  # noqa: E402
 from pi0_jax.train import defaults, setup, sharding  # noqa: E402
 from pi0_jax.train.metrics import jaxpr_matmul_flops  # noqa: E402,F401  (also re-exported)
@@ -249,6 +249,68 @@ def _step_time(compiled, report: dict, chip: ChipSpec, num_devices: int, num_sli
   return t
 
 
+# --- The planner ----------------------------------------------------------------------------------------
+
+PLAN_REMAT = ("nothing_saveable", "dots_with_no_batch_dims_saveable")
+
+
+def plan_meshes(chips: int) -> list[tuple[tuple[str, int], ...]]:
+  """Mesh factorisations worth trying on `chips` chips of one slice: all-FSDP; two FSDP axes (so 1152- and
+  4304-wide weights split further); and data x FSDP with 2 or 4 replicas of the sharded state."""
+  meshes = [(("data", 1), ("fsdp", chips))]
+  side = math.isqrt(chips)
+  if side * side == chips and side > 1:
+    meshes.append((("data", 1), ("fsdp", side), ("fsdp2", side)))
+  meshes += [(("data", d), ("fsdp", chips // d)) for d in (2, 4) if chips % d == 0 and chips // d > 1]
+  return meshes
+
+
+def plan(config, *, topology: str, num_slices: int = 1, per_chip_batches=(4, 8), remat_policies=PLAN_REMAT,
+         meshes=None, progress: Callable[[str], None] = print) -> list[dict]:
+  """Compiles `config`'s train step for every remat policy x per-chip batch x mesh on `topology` and returns
+  one row per candidate, those that fit first, fastest projected samples/s first (pi0_jax.hlo_cost).
+
+  The config's own optimizer, EMA and model stay; its mesh, data/FSDP axes, global batch and remat policy
+  are the candidates'. A candidate that does not fit is kept (fits=False) with the compiler's reason.
+  """
+  chips = num_chips(topology)
+  rows = []
+  candidates = [(r, b, m) for r in remat_policies for b in per_chip_batches for m in (meshes or plan_meshes(chips))]
+  for i, (remat, per_chip, mesh) in enumerate(candidates):
+    c = config.copy_and_resolve_references()
+    c.model.remat_policy = remat
+    c.mesh = tuple(mesh)
+    c.data_axes = tuple(name for name, _ in mesh)
+    c.fsdp_axes = tuple(name for name, _ in mesh if name.startswith("fsdp"))
+    c.global_batch = int(per_chip) * chips * int(num_slices)
+    label = f"remat={remat} per_chip_batch={per_chip} mesh={dict(mesh)}"
+    progress(f"[{i + 1}/{len(candidates)}] {label}")
+    r = compile_config(c, topology=topology, num_slices=num_slices)
+    t = r.get("step_time") or {}
+    rows.append({"remat_policy": remat, "per_chip_batch": per_chip, "mesh": r["mesh"],
+                 "global_batch": r["global_batch"], "fits": bool(r["memory"]["fits"]),
+                 "total_gib": r["memory"].get("total_bytes", r["memory"].get("temp_bytes", 0)) / GiB,
+                 "flops_per_chip": r["flops_per_chip"], "projected_s": t.get("projected_s"),
+                 "bound": t.get("bound"), "mfu": t.get("mfu"), "samples_per_s": t.get("samples_per_s"),
+                 "terms_s": {k: t.get(k) for k in ("compute_s", "memory_s", "ici_s", "dcn_s")} if t else None,
+                 "compile_s": r["compile_s"]})
+  return sorted(rows, key=lambda row: (not row["fits"], -(row["samples_per_s"] or 0)))
+
+
+def format_plan(rows: list[dict], topology: str, num_slices: int = 1) -> str:
+  where = topology + (f" x {num_slices} slices" if num_slices > 1 else "")
+  lines = [f"plan for {where}: {len(rows)} candidates, fastest first (projected by pi0_jax.hlo_cost)",
+           f"{'remat':34} {'b/chip':>6} {'mesh':28} {'GiB':>6} {'fits':>4} {'step s':>8} {'samples/s':>10} "
+           f"{'MFU':>6} bound"]
+  for r in rows:
+    mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
+    timing = (f"{r['projected_s']:8.3f} {r['samples_per_s']:10.1f} {100 * r['mfu']:5.1f}% {r['bound']}"
+              if r["projected_s"] else f"{'-':>8} {'-':>10} {'-':>6}")
+    lines.append(f"{r['remat_policy']:34} {r['per_chip_batch']:>6} {mesh:28} {r['total_gib']:6.2f} "
+                 f"{'yes' if r['fits'] else 'NO':>4} {timing}")
+  return "\n".join(lines)
+
+
 def _model_summary(cfg: Pi0Config) -> dict:
   return {"remat_policy": cfg.remat_policy, "dtype": cfg.dtype, "image_keys": list(cfg.image_keys),
           "image_resolution": cfg.image_resolution, "action_horizon": cfg.action_horizon,
@@ -403,6 +465,10 @@ def _define_flags():
   flags.DEFINE_string("topology", None, "TPU topology: v5e:16x16, v5p:4x4x4, v6e:8x8, v4:4x4x4, ...")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path ('-': stdout, instead of text).")
   flags.DEFINE_float("peak_flops", None, "Per-chip peak FLOP/s for the MFU estimate (default: the chip table).")
+  flags.DEFINE_bool("plan", False, "Search remat policy x per-chip batch x mesh for the config on --topology and "
+                    "list the candidates that fit, fastest projected step first (one compile per candidate).")
+  flags.DEFINE_list("plan_batch", ["4", "8"], "Per-chip batch sizes the planner tries.")
+  flags.DEFINE_list("plan_remat", list(PLAN_REMAT), "Remat policies the planner tries.")
   flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined over the data-centre network (multi-slice): "
                        "a leading `slice` mesh axis, data parallel, is added unless the mesh has one.")
   # Without --config:
@@ -424,6 +490,16 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.topology:
     raise app.UsageError("--topology is required, e.g. --topology=v5e:16x16.")
+  if f.plan:
+    rows = _plan_from_flags(f)
+    if f.json == "-":
+      json.dump(rows, sys.stdout, indent=2)
+      return
+    print(format_plan(rows, f.topology, f.num_slices))
+    if f.json:
+      files.write_json(f.json, {"topology": f.topology, "num_slices": f.num_slices, "candidates": rows})
+      print(f"wrote {f.json}")
+    return
   report = _compile_from_flags(f)  # A bad setting raises ValueError before compiling (one line, see pi0_jax.cli).
   if f.json == "-":
     json.dump(report, sys.stdout, indent=2)
@@ -435,6 +511,15 @@ def main(argv) -> None:
     with open(f.json, "w") as out:
       json.dump(report, out, indent=2)
     print(f"wrote {f.json}")
+
+
+def _plan_from_flags(f) -> list[dict]:
+  from absl import app
+  if f.config is None:
+    raise app.UsageError("--plan needs --config (the planner varies the config's mesh, batch and remat).")
+  return plan(f.config, topology=f.topology, num_slices=f.num_slices,
+              per_chip_batches=[int(b) for b in f.plan_batch], remat_policies=f.plan_remat,
+              progress=lambda line: print(line, flush=True))
 
 
 def _compile_from_flags(f) -> dict:

@@ -22,12 +22,29 @@ OPT = dict(peak_lr=1e-3, warmup_steps=2, decay_steps=20, end_lr=1e-4, b1=0.9, b2
 def test_make_mesh_sizes_and_errors():
   mesh = sharding.make_mesh([("data", 2), ("fsdp", -1)])
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+  assert dict(sharding.make_mesh("data:1,fsdp:-1").shape) == {"data": 1, "fsdp": 8}
   with pytest.raises(ValueError, match="need 16 devices, but only 8 are available"):
     sharding.make_mesh([("data", 2), ("fsdp", 8)])
   with pytest.raises(ValueError, match="at most one size may be -1"):
     sharding.make_mesh([("data", -1), ("fsdp", -1)])
   with pytest.raises(ValueError, match="8 devices are not a multiple of 3"):
     sharding.make_mesh([("data", 3), ("fsdp", -1)])
+  with pytest.raises(ValueError, match="use 4 of 8 devices"):
+    sharding.make_mesh([("data", 2), ("fsdp", 2)])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(global_batch=12), "global_batch=12 is not divisible by the data-parallel size 8"),
+    (dict(global_batch=8, grad_accum_steps=2), "grad_accum_steps=2 micro-batches"),
+    (dict(global_batch=8, process_count=3), "not divisible by the process count 3"),
+    (dict(global_batch=8, grad_accum_steps=0), "grad_accum_steps must be >= 1"),
+    (dict(global_batch=8, data_axes=("data", "model")), "data_axes names 'model'"),
+])
+def test_check_batch_names_the_setting(kwargs, message):
+  args = dict(mesh_shape={"data": 2, "fsdp": 4}, data_axes=("data", "fsdp")) | kwargs
+  with pytest.raises(ValueError, match=message):
+    sharding.check_batch(**args)
+  sharding.check_batch(16, {"data": 2, "fsdp": 4}, ("data", "fsdp"), grad_accum_steps=2, process_count=2)
 
 
 def test_auto_fsdp_spreads_axes_over_indivisible_dimensions():
@@ -115,8 +132,4 @@ def test_sharded_step_equals_single_device(single_device_run, mesh_axes):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state[key]), jax.tree.leaves(ref_state[key])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=f"{key}{path}")
   assert int(state["step"]) == 2
-
-
-def test_loss_is_mean_over_real_steps_and_decreases(single_device_run):
-  cfg, batches, _, losses = single_device_run
-  assert np.isfinite(losses).all() and losses[0] > 0
+  assert np.isfinite(losses).all() and losses[0] > 0  # The loss's value and decrease: tests/test_train_step.py.

@@ -16,6 +16,7 @@ from pi0_jax.train import optimizer, step
 OPT = dict(peak_lr=1e-3, warmup_steps=0, decay_steps=20, end_lr=1e-4, b1=0.9, b2=0.95, eps=1e-2, weight_decay=1e-4,
            clip_grad_norm=1.0)
 BATCH = 8
+_JITTED = {}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,11 @@ def _steps(fixed, n: int, *, grad_accum_steps: int = 1, ema_decay: float | None 
   """n steps on the same batch; returns the states after each step (host copies) and the metrics."""
   model, tx, schedule, params, batch = fixed
   state = step.init_state(model, tx, jax.random.key(3), ema=ema_decay is not None, params=params)
-  train_step = jax.jit(step.make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
-                                            ema_decay=ema_decay))
+  key = (grad_accum_steps, ema_decay)
+  if key not in _JITTED:  # One compile per variant for the whole module.
+    _JITTED[key] = jax.jit(step.make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
+                                                ema_decay=ema_decay))
+  train_step = _JITTED[key]
   states, metrics = [jax.device_get(state)], []
   for _ in range(n):
     state, m = train_step(state, batch)

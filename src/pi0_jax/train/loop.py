@@ -30,19 +30,19 @@ class Preempted(Exception):
   pass
 
 
+class Hooks:
+  """Callbacks into the loop for tests and tools: pass an instance as `run(..., hooks=)`. These do nothing."""
+
+  def on_step(self, step: int, batch: dict, state: dict) -> None:
+    """After step `step` ran on `batch` (giving `state`) and its checkpoint, if any, was started."""
+
+
 def main(argv, hooks: Hooks | None = None):
   del argv
   config = _CONFIG.value
   if config is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required.")
   run(config, _WORKDIR.value, distributed=_DISTRIBUTED.value, stop_after=_MAX_STEPS.value, hooks=hooks)
-
-
-class Hooks:
-  """Callbacks into the loop for tests and tools: pass an instance as `run(..., hooks=)`. These do nothing."""
-
-  def on_step(self, step: int, batch: dict, state: dict) -> None:
-    """After step `step` ran on `batch` (giving `state`) and its checkpoint, if any, was started."""
 
 
 def run(config, workdir: str, *, distributed: bool | None = None, stop_after: int | None = None,

@@ -42,8 +42,8 @@ def test_restore_onto_other_device_counts(tmp_path):
   for mesh_axes, devices in ([[("data", 1), ("fsdp", 4)], jax.devices()[:4]], [[("data", 1), ("fsdp", 1)], jax.devices()[:1]]):
     template, shardings = _state_and_shardings(mesh_axes, devices)
     abstract = checkpoint.abstract_with_shardings(jax.eval_shape(lambda s: s, template), shardings)
-    restored, meta = checkpoint.Checkpoints(str(tmp_path)).restore(abstract)
-    assert meta == {"step": 7, "data": {"position": 42}}
+    step7, restored, meta = checkpoint.Checkpoints(str(tmp_path)).restore_latest_good(abstract)
+    assert step7 == 7 and meta == {"step": 7, "data": {"position": 42}}
     leaf = restored["params"]["PaliGemma"]["llm"]["layers"]["mlp"]["gating_einsum"]
     assert leaf.sharding == shardings["params"]["PaliGemma"]["llm"]["layers"]["mlp"]["gating_einsum"]
     assert {d.id for d in leaf.sharding.device_set} == {d.id for d in devices}
@@ -130,6 +130,6 @@ def test_a_checkpoint_of_another_config_is_an_error_and_stays(tmp_path):
   abstract, _ = _two_checkpoints(tmp_path)
   other = {**abstract, "ema_w": abstract["w"]}
   with pytest.raises(ValueError, match=r"step 2 .* holds another train state than this config builds \(not saved: "
-                                       r"\[\"\['ema_w'\]\"\]\)"):
+                                       r"\['ema_w'\]\)"):
     checkpoint.Checkpoints(str(tmp_path)).restore_latest_good(other)
   assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["1", "2"]

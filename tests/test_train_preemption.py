@@ -9,10 +9,12 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from test_train_loop import ROOT, _env, _flat, _free_port, _metrics, _restore_params, _train_cmd, data  # noqa: F401
+from test_train_loop import ROOT, _env, _flat, _free_port, _metrics, _train_cmd, data  # noqa: F401
 
 FLAGS = ["--config.total_steps=100000", "--config.checkpoint_every=100000", "--config.log_every=2",
          "--config.data.host_split=global_batch"]
@@ -44,6 +46,16 @@ def _finish(procs, timeout=600) -> list[str]:
   return logs
 
 
+def _restore_arrays(workdir, step):
+  """The saved train state on one device (it was written by 2 processes: a target tree is needed)."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as reader:
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                          reader.metadata(path).item_metadata)
+    return reader.restore(path, target)
+
+
 def _saved_steps(workdir) -> list[int]:
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
@@ -71,14 +83,14 @@ def test_sigterm_to_one_host_both_save_the_same_step_and_resume_equals_uninterru
   _finish(_start_two(data, cut, "--stop_after=2", tag="resume"))  # Resume on both hosts, 2 more steps.
   whole = str(tmp_path / "whole")
   _finish(_start_two(data, whole, f"--stop_after={step + 2}"))
-  assert _saved_steps(cut) == _saved_steps(whole) == [step + 2]
+  assert _saved_steps(cut) == [step, step + 2] and _saved_steps(whole) == [step + 2]
   mc, mw = _metrics(cut), _metrics(whole)
   assert sorted(mc) == sorted(mw) == list(range(2, step + 3, 2))
   for s in mw:
     assert mc[s]["batch_checksum"] == mw[s]["batch_checksum"], s
     np.testing.assert_allclose(mc[s]["loss"], mw[s]["loss"], rtol=1e-6, err_msg=f"step {s}")
-  pc, pw = _flat(_restore_params(cut, step + 2)), _flat(_restore_params(whole, step + 2))
-  assert pc.keys() == pw.keys()
+  pc, pw = _flat(_restore_arrays(cut, step + 2)), _flat(_restore_arrays(whole, step + 2))
+  assert pc.keys() == pw.keys() and int(pc["['step']"]) == step + 2
   for k in pc:
     np.testing.assert_allclose(pc[k], pw[k], rtol=1e-6, atol=1e-7, err_msg=k)
 

@@ -150,7 +150,7 @@ def _structure_mismatch(state_dir: epath.Path, abstract_state: dict) -> str | No
   """How the arrays saved in `state_dir` differ from `abstract_state` (paths and shapes), or None."""
   with ocp.StandardCheckpointer() as reader:
     saved = reader.metadata(state_dir).item_metadata
-  have, want = ({jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  have, want = ({_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
                 for tree in (saved, abstract_state))
   if have == want:
     return None
@@ -159,6 +159,11 @@ def _structure_mismatch(state_dir: epath.Path, abstract_state: dict) -> str | No
   parts = [f"{what} {items[:4]}{' ...' if len(items) > 4 else ''}" for what, items in
            (("not saved:", missing), ("not expected:", extra), ("other shapes:", shapes)) if items]
   return "; ".join(parts)
+
+
+def _path_name(path) -> str:
+  """'opt_state/1/mu/...': named tuples (optax states) are dicts in Orbax's metadata, so keys are compared plainly."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _describe(error: BaseException, step_dir: str) -> str:

@@ -6,7 +6,7 @@ were free. guided_ms is RTC's guided sampler (prefix K/V cache computed once,
 then per step one suffix pass plus one VJP through it; d = H // 4, s = H // 2),
 trained_ms the training-time RTC sampler (the first d steps fed as clean tokens;
 the same work as plain sampling); their ratios to plain use the fastest of the
-repeats. Rows of presets/batches not run are kept.
+repeats. Rows of (preset, batch, dtype) not run are kept.
 
   python benchmarks/sampler.py --presets=tiny,small_100m --batch_sizes=1,8 --out=benchmarks/results/sampler.json
 """
@@ -107,8 +107,9 @@ def main(argv):
   if _OUT.value and os.path.exists(_OUT.value):  # keep the rows of other presets/batches from earlier runs
     with open(_OUT.value) as f:
       old = json.load(f)
-    new_keys = {(r["preset"], r["batch"]) for r in rows}
-    rows = [r for r in old.get("rows", []) if (r["preset"], r["batch"]) not in new_keys] + rows
+    key = lambda r: (r["preset"], r["batch"], r["dtype"])
+    new_keys = {key(r) for r in rows}
+    rows = [r for r in old.get("rows", []) if key(r) not in new_keys] + rows
   common.write_json(_OUT.value, {"benchmark": "sampler", "machine": common.machine(), "rows": rows})
 
 

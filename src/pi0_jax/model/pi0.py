@@ -300,6 +300,9 @@ class Pi0(nn.Module):
     if num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     dt = -1.0 / num_steps
+    if prev_actions is not None:  # checked before any model work
+      mode = mode or ("trained" if self.config.rtc_max_delay > 0 else "guided")
+      rtc = self._rtc_args(obs, prev_actions, inference_delay, execution_horizon, mode)
 
     if use_kv_cache:
       kv_cache, prefix_mask = self.prefix_kv_cache(obs)
@@ -307,8 +310,7 @@ class Pi0(nn.Module):
     else:
       velocity = lambda x, t: self._velocity_uncached(obs, x, t)
     if prev_actions is not None:
-      velocity, noise = self._rtc_velocity(obs, velocity, noise, prev_actions, inference_delay, execution_horizon,
-                                           mode, schedule, max_guidance_weight)
+      velocity, noise = self._rtc_velocity(velocity, noise, prev_actions, *rtc, mode, schedule, max_guidance_weight)
 
     def cond(mdl, carry):
       del mdl
@@ -324,12 +326,9 @@ class Pi0(nn.Module):
     x_0, _, _ = nn.while_loop(cond, step, self, (noise, jnp.float32(1.0), jnp.int32(0)))
     return x_0
 
-  def _rtc_velocity(self, obs, velocity, noise, prev_actions, inference_delay, execution_horizon, mode, schedule,
-                    max_guidance_weight):
+  def _rtc_velocity(self, velocity, noise, prev_actions, delay, end, mode, schedule, max_guidance_weight):
     """The RTC step velocity fn(x_t, t [B]) and starting point replacing the plain ones (see sample_actions)."""
     horizon = self.config.action_horizon
-    mode = mode or ("trained" if self.config.rtc_max_delay > 0 else "guided")
-    delay, end = self._rtc_args(obs, prev_actions, inference_delay, execution_horizon, mode)
     prev = jnp.asarray(prev_actions, jnp.float32)
     if mode == "trained":
       frozen = (jnp.arange(horizon)[None, :] < delay[:, None])[..., None]  # [B, H, 1]

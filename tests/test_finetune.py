@@ -160,6 +160,11 @@ def test_freezing_presets(preset, grads):
   frozen = weights.flatten(optimizer.frozen_mask(params, _optimizer_cfg(trainable=preset)))
   moments = sum(x.size for x in jax.tree.leaves(opt_state) if getattr(x, "ndim", 0))
   assert moments == 2 * sum(v.size for k, v in before.items() if not frozen[k])
+  if preset != "full":  # Frozen gradients count neither for clipping nor anything else: scaling them changes nothing.
+    loud = weights.unflatten({k: v * 1e6 if frozen[k] else v for k, v in weights.flatten(g).items()})
+    updates, _ = tx.update(loud, tx.init(params), params)
+    want_updates, _ = tx.update(g, tx.init(params), params)
+    _assert_trees_equal(updates, want_updates)
 
 
 def test_lora_preset_needs_lora_factors():

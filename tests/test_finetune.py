@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import model_utils
@@ -121,25 +122,49 @@ def test_init_rejects_bad_sources(exported, tmp_path):
     weights.load_params(os.path.join(exported, "params"), CFG, key=None, init_missing=lora.PATH_REGEX)
 
 
-@pytest.mark.parametrize("preset", ["full", "action_expert", "lora"])
-def test_freezing_presets(preset):
+@pytest.fixture(scope="module")
+def grads():
+  """Gradients of the LoRA model's loss on one batch, at its init (one compile for all presets)."""
   model = Pi0(CFG)
   params = jax.device_get(model_utils.init_params(CFG, seed=1)["params"])
-  tx, schedule = optimizer.make_optimizer(_optimizer_cfg(trainable=preset), params)
-  state = step_lib.init_state(model, tx, jax.random.key(0), ema=False, params=params)
-  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule))
   obs = model_utils.random_observation(CFG, batch_size=2)
   actions = jnp.asarray(np.random.default_rng(0).normal(size=(2, CFG.action_horizon, CFG.action_dim)), jnp.float32)
   batch = {"observation": obs, "actions": actions, "action_pad_mask": jnp.ones((2, CFG.action_horizon), bool),
            "action_dim_mask": jnp.ones((2, CFG.action_dim), bool)}
+  g = jax.jit(jax.grad(lambda p: step_lib.loss_sum(model, p, batch, jax.random.key(0))))(params)
+  return params, jax.device_get(g)
+
+
+@pytest.mark.parametrize("preset", ["full", "action_expert", "lora"])
+def test_freezing_presets(preset, grads):
+  params, g = grads
+  tx, _ = optimizer.make_optimizer(_optimizer_cfg(trainable=preset), params)
+
+  @jax.jit
+  def update(opt_state, p):
+    updates, opt_state = tx.update(g, opt_state, p)
+    return opt_state, optax.apply_updates(p, updates)
+
+  opt_state, new = tx.init(params), params
   for _ in range(2):
-    state, _ = train_step(state, batch)
-  before, after = weights.flatten(params), weights.flatten(jax.device_get(state["params"]))
+    opt_state, new = update(opt_state, new)
+  before, after = weights.flatten(params), weights.flatten(jax.device_get(new))
   trained = {k for k in before if not np.array_equal(before[k], after[k])}
   expert1 = {k for k in before if k.startswith("PaliGemma/llm/") and any(p.endswith("_1") for p in k.split("/"))}
   heads = {k for k in before if not k.startswith("PaliGemma/")}
-  want = {"full": set(before), "action_expert": expert1 | heads, "lora": {k for k in before if "lora_" in k}}[preset]
+  # Expert 0's final norm gets no gradient: the loss reads the action expert's output only.
+  everything = set(before) - {"PaliGemma/llm/final_norm/scale"}
+  want = {"full": everything, "action_expert": expert1 | heads, "lora": {k for k in before if "lora_" in k}}[preset]
   assert heads and expert1 and trained == want
+  # Frozen leaves hold no optimizer state.
+  frozen = weights.flatten(optimizer.frozen_mask(params, _optimizer_cfg(trainable=preset)))
+  moments = sum(x.size for x in jax.tree.leaves(opt_state) if getattr(x, "ndim", 0))
+  assert moments == 2 * sum(v.size for k, v in before.items() if not frozen[k])
+  if preset != "full":  # Frozen gradients count neither for clipping nor anything else: scaling them changes nothing.
+    loud = weights.unflatten({k: v * 1e6 if frozen[k] else v for k, v in weights.flatten(g).items()})
+    updates, _ = tx.update(loud, tx.init(params), params)
+    want_updates, _ = tx.update(g, tx.init(params), params)
+    _assert_trees_equal(updates, want_updates)
 
 
 def test_lora_preset_needs_lora_factors():
@@ -160,7 +185,7 @@ def test_finetune_config():
   c = _finetune_config("openpi=/ckpt/pi0_base/params,train=lora,dataset=/d/my_robot/1.0.0")
   assert (c.model.paligemma_variant, c.model.action_expert_variant) == ("gemma_2b_lora", "gemma_300m_lora")
   assert c.init.openpi_params == "/ckpt/pi0_base/params" and not (c.init.export or c.init.workdir)
-  assert c.optimizer.trainable == "lora" and c.data.norm_stats is None and c.data.datasets[0].name == "my_robot"
+  assert c.optimizer.trainable == "lora" and c.data.norm_stats is None and c.data.datasets[0]["name"] == "my_robot"
   c = _finetune_config("export=/e,train=action_expert,norm_stats=init,model=tiny")
   assert c.model.paligemma_variant == "dummy" and c.data.norm_stats == "/e/norm_stats.json"
   c = _finetune_config("workdir=/w,train=lora,lora=action_expert,model=tiny,rank=4,alpha=8")

@@ -1,6 +1,7 @@
 """LoRA on the Gemma projections (pi0_jax.model.lora): openpi's names, shapes and scales; merging; openpi layout."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +20,18 @@ CFG = get_preset("tiny", paligemma_variant=dataclasses.replace(DUMMY, lora_rank=
 BASE = get_preset("tiny")
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(config):
+  """(init, loss) of `config`, compiled once per config for the whole file."""
+  model = Pi0(config)
+  loss = lambda p, o, a: model.apply({"params": p}, o, a, method="compute_loss", rng=jax.random.key(3))  # noqa: E731
+  return jax.jit(model.init), jax.jit(loss)
+
+
 def _init(config, seed=0, lora_std=None):
   """Params of `config`; with `lora_std` the factors are redrawn wider, so the adapters change outputs visibly."""
-  params = jax.jit(Pi0(config).init)(jax.random.key(seed), Observation.fake(config, 1),
-                                     jnp.zeros((1, config.action_horizon, config.action_dim)))["params"]
+  params = _jitted(config)[0](jax.random.key(seed), Observation.fake(config, 1),
+                              jnp.zeros((1, config.action_horizon, config.action_dim)))["params"]
   flat = weights.flatten(params)
   rng = np.random.default_rng(seed)
   for k, v in flat.items():
@@ -34,8 +43,7 @@ def _init(config, seed=0, lora_std=None):
 def _loss(config, params, obs):
   rng = np.random.default_rng(1)
   actions = jnp.asarray(rng.normal(size=(2, config.action_horizon, config.action_dim)), jnp.float32)
-  loss = jax.jit(lambda p, o, a: Pi0(config).apply({"params": p}, o, a, method="compute_loss", rng=jax.random.key(3)))
-  return loss(params, obs, actions)
+  return _jitted(config)[1](params, obs, actions)
 
 
 def test_openpi_variants_and_scales():
@@ -128,3 +136,15 @@ def test_openpi_layout_round_trip(tmp_path):
   loaded = weights.load_openpi_params(tmp_path / "params", CFG)
   for k, v in weights.flatten(params).items():
     np.testing.assert_array_equal(weights.flatten(loaded)[k], v)
+
+
+def test_factor_init_and_merge_dtype():
+  flat = weights.flatten(_init(CFG, seed=2))
+  factors = np.concatenate([np.ravel(v) for k, v in flat.items() if "lora_" in k])
+  assert abs(factors.std() - 0.01) < 0.001 and abs(factors.mean()) < 0.001  # openpi's normal(0.01), both factors
+  bf16 = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), _init(CFG, seed=2))
+  merged = weights.flatten(lora.merge_params(bf16, CFG))
+  assert {v.dtype for v in merged.values()} == {np.dtype(jnp.bfloat16)}
+  want = lora.merge_params(jax.tree.map(lambda x: np.asarray(x, np.float32), bf16), CFG)
+  for k, v in weights.flatten(want).items():
+    np.testing.assert_array_equal(merged[k], v.astype(jnp.bfloat16), err_msg=k)

@@ -224,9 +224,10 @@ def state_shardings(abstract_state: dict, mesh: Mesh, rules, fsdp_axes: Sequence
 
   p_specs = param_specs(abstract_state["params"], mesh, rules, fsdp_axes)
   replicated = P()
-  opt_specs = optax.tree_map_params(tx, lambda _, spec: spec, abstract_state["opt_state"], p_specs,
-                                    transform_non_params=lambda _: replicated,
-                                    is_leaf=lambda x: isinstance(x, P))
+  # Frozen parameters (optimizer.frozen_mask) have no state: a MaskedNode stays one.
+  opt_specs = optax.tree_map_params(tx, lambda x, spec: x if isinstance(x, optax.MaskedNode) else spec,
+                                    abstract_state["opt_state"], p_specs, transform_non_params=lambda _: replicated,
+                                    is_leaf=lambda x: isinstance(x, (P, optax.MaskedNode)))
   specs = {k: replicated for k in abstract_state if k not in ("params", "opt_state", "ema_params")}
   specs.update(params=p_specs, opt_state=opt_specs)
   if "ema_params" in abstract_state:

@@ -6,6 +6,11 @@ FLOPs are the matmul FLOPs of the traced step with every scan counted by its len
 counts a loop body once); MFU = FLOPs / step time / peak, where the peak is a measured f32 matmul (1024^3,
 best of 5) on this host, since a CPU has no datasheet figure that XLA reaches.
 
+Each row also checks the planner's step-time model (pi0_jax.hlo_cost, what `python -m pi0_jax.aot` projects
+for TPU pods) where a measurement exists: the compiled step's HLO turned into a time with this host's measured
+matmul peak and memory bandwidth (a jitted elementwise pass over 256 MiB, best of 5), against the measured
+step: `projection_error` = measured / projected - 1.
+
   python benchmarks/train_step.py --presets=demo,small_100m --batch_sizes=32,8 --out=benchmarks/results/train_step.json
 """
 
@@ -25,7 +30,35 @@ _REMAT = flags.DEFINE_string("remat", None, "Override the preset's remat policy.
 _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON output ('' to skip).")
 
 
-def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float) -> dict:
+def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+  """Bytes/s read + written by a jitted elementwise pass over `mib` MiB of f32 on one local device."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+  f = jax.jit(lambda a: a * 1.5 + 1.0)
+  f(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * x.nbytes / best
+
+
+def projection(compiled, flops: float, peak: float, bandwidth: float) -> dict:
+  """The planner's model of this step on this host (no collectives on one device)."""
+  import jax
+  from pi0_jax import hlo_cost
+  rates = hlo_cost.ChipRates("host", peak, bandwidth, float("inf"), None)
+  cost = hlo_cost.program_cost(compiled.as_text(), num_devices=jax.device_count())
+  t = hlo_cost.step_time(matmul_flops=flops, cost=cost, rates=rates)
+  return {"projected_s": t["projected_s"], "projected_bound": t["bound"], "projected_compute_s": t["compute_s"],
+          "projected_memory_s": t["memory_s"], "hbm_gbytes": t["hbm_bytes"] / 1e9}
+
+
+def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float, bandwidth: float) -> dict:
   import statistics
   import time
 
@@ -69,7 +102,8 @@ def bench(preset: str, batch: int, repeats: int, remat: str | None, peak: float)
           "devices": jax.device_count(), "batch": batch, "compile_s": compile_s, "step_s": dt,
           "steps_per_s": 1 / dt, "samples_per_s": batch / dt, "step_gflops": flops / 1e9,
           "achieved_gflops_per_s": flops / dt / 1e9, "peak_gflops_per_s": peak / 1e9, "mfu": flops / dt / peak,
-          "loss": float(m["loss"])}
+          "loss": float(m["loss"]), "memory_gbytes_per_s": bandwidth / 1e9,
+          **(p := projection(compiled, flops, peak, bandwidth)), "projection_error": dt / p["projected_s"] - 1}
 
 
 def main(argv):
@@ -77,13 +111,14 @@ def main(argv):
   import common
   from pi0_jax.train import metrics
   peak = metrics.measured_matmul_peak()
+  bandwidth = measured_memory_bandwidth()
   batches = [int(b) for b in _BATCH.value]
   if len(batches) == 1:
     batches = batches * len(_PRESETS.value)
-  rows = [bench(p, b, _REPEATS.value, _REMAT.value, peak) for p, b in zip(_PRESETS.value, batches)]
+  rows = [bench(p, b, _REPEATS.value, _REMAT.value, peak, bandwidth) for p, b in zip(_PRESETS.value, batches)]
   common.print_table(rows, ["preset", "params_M", "dtype", "remat", "devices", "batch", "compile_s", "step_s",
                             "steps_per_s", "samples_per_s", "step_gflops", "achieved_gflops_per_s",
-                            "peak_gflops_per_s", "mfu"])
+                            "peak_gflops_per_s", "mfu", "projected_s", "projected_bound", "projection_error"])
   common.write_json(_OUT.value, {"benchmark": "train_step", "machine": common.machine(), "rows": rows})
 
 

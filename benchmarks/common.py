@@ -23,9 +23,23 @@ def time_fn(fn, *args, warmup: int = 2, repeats: int = 7) -> dict:
   return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
 
 
+def commit() -> str | None:
+  """The git commit the benchmark ran on (None outside a checkout), with '+dirty' for uncommitted changes."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ("+dirty" if dirty else "")
+
+
 def machine() -> dict:
   dev = jax.devices()[0]
-  return {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count(),
+  return {"commit": commit(), "platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count(),
           "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
           "machine": platform.machine()}
 

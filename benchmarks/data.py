@@ -53,6 +53,8 @@ _MEASURE_STATE = flags.DEFINE_bool("measure_state", False, "Measure the data pos
 _STATE_BUFFER = flags.DEFINE_integer("state_buffer", 2000, "Shuffle buffer (frames) for --measure_state.")
 _STATE_SKIP = flags.DEFINE_integer("state_skip_batches", 100, "Batches a replay restore skips (--measure_state).")
 _NOTE = flags.DEFINE_string("note", "", "Free text stored in the JSON (e.g. other load on the machine).")
+_ROW_OUT = flags.DEFINE_string("row_out", None, "Internal: measure the one configuration given and write its row "
+                               "here (each configuration runs in a fresh process, so its peak RSS is its own).")
 
 # DROID-shaped: both exterior cameras and the wrist camera fill pi0's three slots; no transform needed.
 OXE_SPEC = dict(cameras={"base_0_rgb": "exterior_image_1_left", "left_wrist_0_rgb": "wrist_image_left",
@@ -170,6 +172,16 @@ def measure_state(dataset_dir: str, tmp: str) -> dict:
   return out
 
 
+def _row_in_fresh_process(dataset_dir: str, tmp: str, augment: str, parallel: str) -> dict:
+  import subprocess
+  out = os.path.join(tmp, f"row_{augment}_{parallel}.json")
+  subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--dataset_dir={dataset_dir}",
+                  f"--augment={augment}", f"--num_parallel_calls={parallel}", f"--row_out={out}", "--out="],
+                 check=True)
+  with open(out) as f:
+    return json.load(f)
+
+
 def main(argv):
   del argv
   import common
@@ -183,8 +195,12 @@ def main(argv):
       print(json.dumps(result, indent=1))
       common.write_json(_OUT.value, {"benchmark": "data_state", **meta, **result})
       return
-    rows = [bench(dataset_dir, os.path.join(tmp, "stats"), a.lower() == "true", int(p))
-            for a in _AUGMENT.value for p in _PARALLEL.value]
+    if _ROW_OUT.value:
+      row = bench(dataset_dir, os.path.join(tmp, "stats"), _AUGMENT.value[0].lower() == "true",
+                  int(_PARALLEL.value[0]))
+      common.write_json(_ROW_OUT.value, row)
+      return
+    rows = [_row_in_fresh_process(dataset_dir, tmp, a, p) for a in _AUGMENT.value for p in _PARALLEL.value]
   common.print_table(rows, ["cameras", "resolution", "augment", "parallel_calls", "batch", "samples_per_s",
                             "samples_per_cpu_s", "cpu_cores_busy", "ms_per_batch", "build_s", "peak_rss_mb"])
   common.write_json(_OUT.value, {"benchmark": "data", **meta, "shuffle_buffer": _SHUFFLE.value,

@@ -57,7 +57,6 @@ def test_flops_scale_with_batch_via_the_command_line(tiny_report, tmp_path):
   config.write_text(textwrap.dedent("""
       import ml_collections
       from pi0_jax.model import get_preset
-from pi0_jax.train import sharding
 
       def get_config(arg=""):
         c = ml_collections.ConfigDict()

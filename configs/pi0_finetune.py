@@ -72,8 +72,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       raise ValueError("norm_stats=init needs export= or workdir= (openpi params and PaliGemma files hold none).")
   dataset = args.get("dataset", "")
   name = args.get("name") or (os.path.basename(os.path.dirname(dataset.rstrip("/"))) if dataset else "dataset")
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = defaults.data_config(
       datasets=[dict(name=name, dir=dataset, spec=args.get("spec", name))],
       shuffle_buffer=10_000, augment=True, norm_mode="zscore", norm_stats=norm_stats, num_parallel_calls=4,
-      tokenizer=args.get("tokenizer"), stats_dir=args.get("stats_dir")))
+      tokenizer=args.get("tokenizer"), stats_dir=args.get("stats_dir"))
   return c

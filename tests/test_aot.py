@@ -47,8 +47,12 @@ def test_report_has_memory_and_flops(tiny_report):
   if r["mfu_estimate"] is not None:  # Only when the cost model's figure is usable.
     assert r["optimal_seconds"] > 0 and 0 < r["mfu_estimate"] <= 1
     assert r["step_seconds_estimate"] >= r["seconds_at_peak"]
+  t = r["step_time"]  # The planner's model (pi0_jax.hlo_cost): data parallel over 2, so gradients are reduced.
+  assert t["compute_s"] == pytest.approx(r["flops_per_chip"] / 197e12)
+  assert t["projected_s"] == max(t["compute_s"], t["memory_s"], t["comm_s"]) > 0 and t["ici_wire_bytes"] > 0
+  assert t["dcn_wire_bytes"] == 0 and r["num_slices"] == 1
   text = aot.format_report(r)
-  assert "temporaries" in text and "fits" in text and "estimate" in text
+  assert "temporaries" in text and "fits" in text and "projected step" in text
 
 
 def test_flops_scale_with_batch_via_the_command_line(tiny_report, tmp_path):

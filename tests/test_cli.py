@@ -55,7 +55,7 @@ def _description(name: str) -> str:
 
 def test_every_console_script_is_tested():
   assert set(SCRIPTS) == {"pi0-train", "pi0-export", "pi0-evaluate", "pi0-aot", "pi0-stats", "pi0-tokenizer",
-                          "pi0-build-metaworld", "pi0-weights"}
+                          "pi0-build-metaworld", "pi0-weights", "pi0-serve"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

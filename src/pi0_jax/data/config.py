@@ -17,7 +17,7 @@ Fields (all optional except `datasets`):
                         subsampling, augmentation) gets its own seed derived from it and the process index.
   shuffle_buffer        10_000 frames, held encoded (memory ~ buffer x encoded frame size)
   augment               True: crop/rotate (not wrist cameras) + colour jitter at training time; never at eval
-  augment_params        dict overriding pi0_jax.data.images.AugmentParams fields
+  augment_params        dict overriding pi0_jax.data.image_ops.AugmentParams fields
   num_parallel_calls    2: parallel decode/augment and trajectory maps
   num_parallel_reads    1: files read in parallel per dataset
   threadpool_size       None: num_parallel_calls + 2 threads for the whole pipeline (tf.data private pool)
@@ -53,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from pi0_jax.data.images import AugmentParams
+from pi0_jax.data.image_ops import AugmentParams
 
 _DATASET_FIELDS = {"name", "dir", "data_dir", "version", "weight", "spec", "split", "eval_split"}
 

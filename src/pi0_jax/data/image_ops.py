@@ -8,9 +8,11 @@ here (`to_model_range`), and `resize_with_pad` follows TF's kernel to float32 ro
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-__all__ = ["resize_with_pad", "to_model_images", "to_model_range"]
+__all__ = ["AugmentParams", "resize_with_pad", "to_model_images", "to_model_range"]
 
 # uint8 pixel p becomes p / PIXEL_SCALE - 1: 0 -> -1, 255 -> 1.
 PIXEL_SCALE = 127.5
@@ -84,3 +86,17 @@ def to_model_range(images, masks, xp=np):
   `xp` is numpy for host batches or jax.numpy for arrays already on the devices."""
   x = xp.asarray(images).astype(xp.float32) / xp.float32(PIXEL_SCALE) - xp.float32(1)
   return xp.where(xp.asarray(masks)[:, None, None, None], x, xp.float32(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+  """Training-time augmentation strengths (defaults close to Octo's and openpi's)."""
+
+  crop_scale: float = 0.95  # Fraction of each side kept by the random crop.
+  rotate_degrees: float = 5.0
+  brightness: float = 0.2  # Max additive delta on [0, 1] pixels.
+  contrast: tuple[float, float] = (0.8, 1.2)
+  saturation: tuple[float, float] = (0.8, 1.2)
+  hue: float = 0.05  # Max rotation of hue, as a fraction of the full circle.
+  # Slots whose name contains this get only photometric ops.
+  wrist_marker: str = "wrist"

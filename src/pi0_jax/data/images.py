@@ -18,28 +18,13 @@ reproducible, and restorable with the iterator. Frames leave tf.data as uint8 an
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import tensorflow as tf
 
 # The [-1, 1] value range of model images, shared with the TF-free Policy (re-exported for the pipeline).
-from pi0_jax.data.image_ops import to_model_range  # pylint: disable=unused-import
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentParams:
-  """Training-time augmentation strengths (defaults close to Octo's and openpi's)."""
-
-  crop_scale: float = 0.95  # Fraction of each side kept by the random crop.
-  rotate_degrees: float = 5.0
-  brightness: float = 0.2  # Max additive delta on [0, 1] pixels.
-  contrast: tuple[float, float] = (0.8, 1.2)
-  saturation: tuple[float, float] = (0.8, 1.2)
-  hue: float = 0.05  # Max rotation of hue, as a fraction of the full circle.
-  # Slots whose name contains this get only photometric ops.
-  wrist_marker: str = "wrist"
+from pi0_jax.data.image_ops import AugmentParams, to_model_range  # noqa: F401  (re-exported)
 
 
 _OPS = ("crop", "rotate", "brightness", "contrast", "saturation", "hue")

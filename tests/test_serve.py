@@ -133,6 +133,21 @@ def test_openpi_client_gets_policy_infer(served):
   np.testing.assert_array_equal(client.infer({**_native(obs), "noise": noise})["actions"], want)
 
 
+def test_real_time_chunking_through_the_socket_equals_policy_infer(served):
+  """A robot's executor sends the plan still to come and the delay; the server runs guided RTC on them."""
+  server, policy = served
+  client = _client(server)
+  rng = np.random.default_rng(5)
+  obs, noise = _obs(rng), rng.normal(size=(4, 8)).astype(np.float32)
+  prev = rng.normal(size=(3, 4)).astype(np.float32)  # 3 actions of the last chunk still to come, robot units.
+  reply = client.infer({**obs, "noise": noise, "prev_actions": prev, "inference_delay": 1})
+  want = policy.infer(_native(obs), noise=noise, prev_actions=prev, inference_delay=1)["actions"]
+  np.testing.assert_array_equal(reply["actions"], want)
+  plain = policy.infer(_native(obs), noise=noise)["actions"]
+  # Guidance pulls the first (delayed) action toward the plan: closer than the unguided chunk.
+  assert np.abs(want[0] - prev[0]).max() < np.abs(plain[0] - prev[0]).max()
+
+
 def test_bad_requests_get_errors_and_the_server_keeps_serving(served):
   server, policy = served
   rng = np.random.default_rng(1)

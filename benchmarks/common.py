@@ -24,14 +24,14 @@ def time_fn(fn, *args, warmup: int = 2, repeats: int = 7) -> dict:
 
 
 def commit() -> str | None:
-  """The git commit the benchmark ran on (None outside a checkout), with '+dirty' for uncommitted changes."""
+  """The git commit the benchmark ran on (None outside a checkout), "+dirty" if code differs (results aside)."""
   import subprocess
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!benchmarks/results"], capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return None
   return head + ("+dirty" if dirty else "")

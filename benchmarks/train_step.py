@@ -30,23 +30,6 @@ _REMAT = flags.DEFINE_string("remat", None, "Override the preset's remat policy.
 _OUT = flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON output ('' to skip).")
 
 
-def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
-  """Bytes/s read + written by a jitted elementwise pass over `mib` MiB of f32 on one local device."""
-  import time
-
-  import jax
-  import jax.numpy as jnp
-  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
-  f = jax.jit(lambda a: a * 1.5 + 1.0)
-  f(x).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(x).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * x.nbytes / best
-
-
 def projection(compiled, flops: float, peak: float, bandwidth: float) -> dict:
   """The planner's model of this step on this host (no collectives on one device)."""
   import jax
@@ -111,7 +94,7 @@ def main(argv):
   import common
   from pi0_jax.train import metrics
   peak = metrics.measured_matmul_peak()
-  bandwidth = measured_memory_bandwidth()
+  bandwidth = metrics.measured_memory_bandwidth()
   batches = [int(b) for b in _BATCH.value]
   if len(batches) == 1:
     batches = batches * len(_PRESETS.value)

@@ -123,17 +123,26 @@ def jaxpr_matmul_flops(jaxpr) -> float:
 
 
 
-def measured_matmul_peak(size: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
-  """FLOP/s of a large square matmul on one local device: the CPU's practical peak."""
-  x = jnp.ones((size, size), dtype)
-  f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
+def _best_seconds(fn, x, repeats: int) -> float:
+  """Fastest of `repeats` runs of jitted `fn(x)` after one warm-up run."""
+  fn(x).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
     t0 = time.perf_counter()
-    f(x).block_until_ready()
+    fn(x).block_until_ready()
     best = min(best, time.perf_counter() - t0)
-  return 2 * size**3 / best
+  return best
+
+
+def measured_matmul_peak(size: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
+  """FLOP/s of a large square matmul on one local device: the CPU's practical peak."""
+  return 2 * size**3 / _best_seconds(jax.jit(lambda a: a @ a), jnp.ones((size, size), dtype), repeats)
+
+
+def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+  """Bytes/s read + written by a jitted elementwise pass over `mib` MiB of f32 on one local device."""
+  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+  return 2 * x.nbytes / _best_seconds(jax.jit(lambda a: a * 1.5 + 1.0), x, repeats)
 
 
 def device_peak_flops(configured: float | None) -> tuple[float, str]:

@@ -497,6 +497,7 @@ def main(argv) -> None:
       return
     print(format_plan(rows, f.topology, f.num_slices))
     if f.json:
+      os.makedirs(os.path.dirname(os.path.abspath(f.json)), exist_ok=True)
       files.write_json(f.json, {"topology": f.topology, "num_slices": f.num_slices, "candidates": rows})
       print(f"wrote {f.json}")
     return
@@ -508,8 +509,7 @@ def main(argv) -> None:
   print(format_report(report))
   if f.json:
     os.makedirs(os.path.dirname(os.path.abspath(f.json)), exist_ok=True)
-    with open(f.json, "w") as out:
-      json.dump(report, out, indent=2)
+    files.write_json(f.json, report)
     print(f"wrote {f.json}")
 
 

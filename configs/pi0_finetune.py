@@ -8,7 +8,8 @@ arg: comma-separated key=value:
                          from base weights gets fresh factors. workdir_ema=1 takes a run's EMA params.
   model                  Pi0Config preset (pi0_jax.model.PRESETS; default pi0); it must fit the source's tree.
   train                  full (default), action_expert (only expert 1 and the state/action/time heads) or lora
-                         (only the LoRA factors): optimizer.trainable.
+                         (only the LoRA factors): optimizer.trainable. With action_expert or lora the frozen
+                         weights are stored in bf16 (optimizer.frozen_dtype; frozen_dtype=float32 keeps f32).
   lora                   both / paligemma / action_expert / none: which experts carry LoRA (default: both with
                          train=lora, else none). pi0 uses openpi's gemma_2b_lora / gemma_300m_lora (ranks 16 / 32,
                          alpha = rank); other presets rank=`rank` (default 16) with alpha=`alpha` (default rank).
@@ -56,7 +57,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.total_steps = int(args.get("steps", 30_000))
   # The defaults' AdamW and schedule shape (pi0's recipe), decayed over this run.
   c.optimizer.update(peak_lr=float(args.get("lr", 2.5e-5)), warmup_steps=min(1000, c.total_steps // 10),
-                     decay_steps=c.total_steps, end_lr=float(args.get("lr", 2.5e-5)) / 10, trainable=train)
+                     decay_steps=c.total_steps, end_lr=float(args.get("lr", 2.5e-5)) / 10, trainable=train,
+                     frozen_dtype=args.get("frozen_dtype", None if train == "full" else "bfloat16"))
   c.ema_decay = None
   c.checkpoint_every = 1000
   for key, field in _SOURCES.items():

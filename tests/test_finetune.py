@@ -211,6 +211,54 @@ def test_trainer_fine_tunes_lora_from_an_export(exported, tmp_path):
   loop.run(c, str(tmp_path / "ft"))
   got = weights.flatten(weights.load_init({"workdir": str(tmp_path / "ft")}, CFG, rng=0))
   start = weights.flatten(weights.load_init({"export": exported}, CFG, rng=int(c.seed)))
-  assert got.keys() == start.keys()
-  for k in got:
-    assert np.array_equal(got[k], start[k]) != ("lora_" in k), k
+  assert got.keys() == start.keys() and c.optimizer.frozen_dtype == "bfloat16"
+  for k in got:  # The frozen base weights were stored in bf16: they equal the export's, rounded to bf16.
+    want = start[k] if "lora_" in k else np.asarray(start[k]).astype(jnp.bfloat16).astype(start[k].dtype)
+    assert np.array_equal(got[k], want) != ("lora_" in k), k
+
+
+@pytest.mark.parametrize("preset", ["action_expert", "lora"])
+def test_step_differentiates_only_trainable_leaves(preset):
+  """The train step with a frozen mask (no gradient buffers for frozen leaves) makes the update that the
+  optimizer makes from the full gradient (an independent reference); with frozen_dtype the frozen leaves live in
+  bf16 and stay bit-identical, the trainable ones stay float32."""
+  model = Pi0(CFG)
+  cfg = _optimizer_cfg(trainable=preset)
+  tx, schedule = optimizer.make_optimizer(cfg, weights.abstract_params(CFG))
+  frozen = optimizer.frozen_mask(weights.abstract_params(CFG), cfg)
+  obs = model_utils.random_observation(CFG, batch_size=4)
+  rng = np.random.default_rng(1)
+  batch = {"observation": obs,
+           "actions": jnp.asarray(rng.normal(size=(4, CFG.action_horizon, CFG.action_dim)), jnp.float32),
+           "action_pad_mask": jnp.ones((4, CFG.action_horizon), bool), "action_dim_mask": jnp.ones((4, CFG.action_dim), bool)}
+  state = jax.jit(lambda r: step_lib.init_state(model, tx, r, ema=False))(jax.random.key(0))
+  new, metrics = jax.jit(step_lib.make_train_step(model, tx, schedule, frozen=frozen, grad_accum_steps=2))(state, batch)
+
+  def reference(state):  # The full gradient of every leaf, accumulated the same way, through the same optimizer.
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // 2, 2, *x.shape[1:]).swapaxes(0, 1), batch)
+    grads = [jax.grad(lambda p: step_lib.loss_sum(model, p, jax.tree.map(lambda x: x[i], micro),
+                                                  jax.random.fold_in(step_rng, i)))(state["params"]) for i in range(2)]
+    g = jax.tree.map(lambda a, b: (a + b) / (4 * CFG.action_horizon), *grads)
+    updates, _ = tx.update(g, state["opt_state"], state["params"])
+    return optax.apply_updates(state["params"], updates)
+
+  want = weights.flatten(jax.device_get(jax.jit(reference)(state)))
+  got, before = weights.flatten(jax.device_get(new["params"])), weights.flatten(jax.device_get(state["params"]))
+  flat_frozen = weights.flatten(frozen)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    if flat_frozen[k]:
+      np.testing.assert_array_equal(got[k], before[k], err_msg=k)
+  assert any(not np.array_equal(got[k], before[k]) for k in got if not flat_frozen[k])
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+
+  half = jax.jit(lambda r: step_lib.init_state(model, tx, r, ema=False, frozen=frozen, frozen_dtype="bfloat16"))(
+      jax.random.key(0))
+  dtypes = {k: v.dtype for k, v in weights.flatten(half["params"]).items()}
+  assert all((dtypes[k] == jnp.bfloat16) == flat_frozen[k] for k in dtypes), dtypes
+  new_half, _ = jax.jit(step_lib.make_train_step(model, tx, schedule, frozen=frozen))(half, batch)
+  for k, v in weights.flatten(jax.device_get(new_half["params"])).items():
+    assert v.dtype == dtypes[k], k
+    if flat_frozen[k]:
+      np.testing.assert_array_equal(v, np.asarray(weights.flatten(half["params"])[k]), err_msg=k)

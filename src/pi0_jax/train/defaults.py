@@ -31,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=2.5e-5, warmup_steps=1000, decay_steps=30_000, end_lr=2.5e-6, b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=1e-10, clip_grad_norm=1.0, trainable="full", freeze=placeholder(str),
-      weight_decay_exclude=placeholder(str)))
+      weight_decay_exclude=placeholder(str),
+      frozen_dtype=placeholder(str)))  # e.g. "bfloat16": frozen weights stored in bf16 (fine-tuning)
   c.ema_decay = placeholder(float)  # None: no EMA; e.g. 0.99
   # What training starts from: at most one source (pi0_jax.weights.load_init); none: a fresh init.
   c.init = ml_collections.ConfigDict(dict(paligemma_npz=placeholder(str), openpi_params=placeholder(str),

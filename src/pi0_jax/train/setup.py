@@ -92,6 +92,8 @@ class TrainSetup:
   schedule: optax.Schedule
   grad_accum_steps: int
   ema_decay: float | None
+  frozen: dict  # Tree of bools like params: leaves the optimizer keeps fixed (optimizer.frozen_mask).
+  frozen_dtype: str | None  # Storage dtype of the frozen leaves (None: as initialised, float32).
   abstract_params: dict  # ShapeDtypeStructs, unsharded.
   state_shardings: dict
   abstract_state: dict  # ShapeDtypeStructs carrying `state_shardings` (what checkpoints restore onto).
@@ -110,7 +112,8 @@ class TrainSetup:
 
   def init_state(self, rng, params: dict | None = None) -> dict:
     """A fresh state laid out on the mesh; `params` (already sharded, e.g. PaliGemma's) replace the init's."""
-    init = functools.partial(step_lib.init_state, self.model, self.tx, ema=self.ema_decay is not None)
+    init = functools.partial(step_lib.init_state, self.model, self.tx, ema=self.ema_decay is not None,
+                             frozen=self.frozen, frozen_dtype=self.frozen_dtype)
     with jax.set_mesh(self.mesh):
       if params is None:
         return jax.jit(init, out_shardings=self.state_shardings)(rng)
@@ -119,7 +122,7 @@ class TrainSetup:
   def train_step(self):
     """train_step(state, batch) -> (state, metrics), jitted with the state donated and metrics replicated."""
     fn = step_lib.make_train_step(self.model, self.tx, self.schedule, grad_accum_steps=self.grad_accum_steps,
-                                  ema_decay=self.ema_decay)
+                                  ema_decay=self.ema_decay, frozen=self.frozen)
     return jax.jit(fn, in_shardings=(self.state_shardings, self.batch_sharding),
                    out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())), donate_argnums=(0,))
 
@@ -141,14 +144,17 @@ def train_setup(config, mesh: Mesh) -> TrainSetup:
   abstract_params = weights.abstract_params(model_config)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer.to_dict(), abstract_params)
   ema_decay = config.get("ema_decay")
-  init = functools.partial(step_lib.init_state, Pi0(model_config), tx, ema=ema_decay is not None)
+  frozen = optimizer_lib.frozen_mask(abstract_params, config.optimizer.to_dict())
+  frozen_dtype = config.optimizer.get("frozen_dtype")
+  init = functools.partial(step_lib.init_state, Pi0(model_config), tx, ema=ema_decay is not None, frozen=frozen,
+                           frozen_dtype=frozen_dtype)
   abstract_state = jax.eval_shape(lambda: init(jax.random.key(0)))  # Traced, not run: nothing compiles yet.
   rules = [tuple(r) for r in config.get("sharding_rules", [(".*", "auto")])]
   state_sh = sharding.state_shardings(abstract_state, mesh, rules, fsdp_axes, tx)
   return TrainSetup(
       mesh=mesh, data_axes=data_axes, fsdp_axes=fsdp_axes,
       model=Pi0(model_config.replace(activation_batch_axes=data_axes)), tx=tx, schedule=schedule,
-      grad_accum_steps=int(config.get("grad_accum_steps", 1)), ema_decay=ema_decay,
-      abstract_params=abstract_params, state_shardings=state_sh,
+      grad_accum_steps=int(config.get("grad_accum_steps", 1)), ema_decay=ema_decay, frozen=frozen,
+      frozen_dtype=frozen_dtype, abstract_params=abstract_params, state_shardings=state_sh,
       abstract_state=jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
                                   state_sh))

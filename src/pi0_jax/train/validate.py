@@ -26,6 +26,9 @@ def config_problems(config) -> list[str]:
   if config.get("preemption_sync", "auto") not in ("auto", "sync_point", "allreduce"):
     problems.append(f"config.preemption_sync={config.get('preemption_sync')!r}: expected 'auto', 'sync_point' or "
                     "'allreduce'.")
+  frozen_dtype = (config.get("optimizer") or {}).get("frozen_dtype")
+  if frozen_dtype not in (None, "bfloat16", "float32"):
+    problems.append(f"config.optimizer.frozen_dtype={frozen_dtype!r}: expected 'bfloat16', 'float32' or None.")
   problems += _mesh_problems(config.get("mesh"), config.get("data_axes"), config.get("fsdp_axes"))
   init = config.get("init") or {}
   from pi0_jax.weights import INIT_SOURCES  # pylint: disable=g-import-not-at-top

@@ -288,6 +288,16 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
   obs = mw.reset_to(env, variant)
   timeline, pending, last = ChunkTimeline(horizon), None, np.zeros(mw.ACTION_DIM, np.float32)
   success, first_success, total_reward, gif, jumps, executed, chunks = False, None, 0.0, [], [], [], []
+
+  def switch_if_ready(t, pending):
+    if pending is None or t - pending["tick"] < d:
+      return pending
+    a_old = np.clip(timeline.peek(), -1.0, 1.0)
+    timeline.switch(pending["chunk"], timeline.ticks if sync else pending["launch_tick"])
+    jumps.append(float(np.linalg.norm(np.clip(timeline.peek(), -1.0, 1.0) - a_old)))
+    chunks.append(pending)
+    return None
+
   steps = min(settings.max_steps, env.max_path_length)
   for t in range(steps):
     scene, wrist = cameras.render(env.data)
@@ -295,15 +305,10 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
     if timeline.chunk is None:
       timeline.start(ask(observation, None))
       chunks.append({"tick": t, "launch_tick": t, "chunk": timeline.chunk})
-    elif pending is None and timeline.index >= s:
+    pending = switch_if_ready(t, pending)  # the chunk asked for d ticks ago takes over ...
+    if pending is None and timeline.index >= s:  # ... before the next is asked for (at once when d = s)
       prev = timeline.remaining() if job.method in ("rtc", "rtc_trained") else None
-      pending = {"tick": t, "launch_tick": timeline.ticks, "chunk": ask(observation, prev)}
-    if pending is not None and t - pending["tick"] >= d:
-      a_old = np.clip(timeline.peek(), -1.0, 1.0)
-      timeline.switch(pending["chunk"], timeline.ticks if sync else pending["launch_tick"])
-      jumps.append(float(np.linalg.norm(np.clip(timeline.peek(), -1.0, 1.0) - a_old)))
-      chunks.append(pending)
-      pending = None
+      pending = switch_if_ready(t, {"tick": t, "launch_tick": timeline.ticks, "chunk": ask(observation, prev)})
     action = hold_action(last) if pending is not None and sync else np.clip(timeline.advance(), -1.0, 1.0)
     last = action
     executed.append(action)

@@ -15,6 +15,10 @@ One episode:
   actions (clipped to [-1, 1]), one per step;
   it succeeds when info["success"] is true at some step, and ends there; otherwise after `max_steps` steps.
 
+With a simulated inference delay (RolloutSettings.methods and delays; `run_episode` says what each method does)
+the world keeps moving while the policy thinks: a chunk asked for at a chunk boundary becomes usable d steps
+later. d = 0 with "sync" or "naive" is exactly the episode above (same actions, same outcome).
+
 MuJoCo's EGL rendering segfaults in a process that has imported TensorFlow (which the offline evaluation and
 the trainer use), so episodes run in worker processes started with "spawn", each holding its own policy: no
 TensorFlow is imported on this path. Workers reuse their env, cameras and policy across episodes.

@@ -11,6 +11,8 @@ Stages, each optional:
   closed loop  (rollout.py) the policy drives Meta-World on the ML10 train classes (task variants the demos
                never showed: a different variant seed) and the 5 held-out test classes; success per task with
                Wilson 95% intervals, optional GIFs; optionally the mean-action baseline on the same episodes.
+               With --delays, the policy's episodes run once per method (sync, naive, rtc, rtc_trained) and
+               simulated inference delay instead: success, steps to success and the action jump at chunk switches.
                Runs first, in spawned worker processes that never import TensorFlow (MuJoCo's EGL rendering
                segfaults next to it) and before this process touches an accelerator.
   offline      (offline.py) validation splits of the training datasets and the held-out datasets: flow loss

@@ -162,3 +162,44 @@ def test_episode_jobs_run_the_policy_per_method_and_delay():
   assert [j.episode for j in jobs] == [0, 1] * 5
   with pytest.raises(ValueError, match="both or neither"):
     rollout.RolloutSettings(export_dir="unused", tasks=(TASK,), methods=("sync",))
+
+
+@pytest.mark.parametrize("method", ["sync", "naive", "rtc"])
+@pytest.mark.parametrize("d", [0, 1, 2])
+def test_schedule_with_a_scripted_policy(method, d):
+  """Chunk c is c + step / 100 in every dim: which chunk and step each executed action came from is readable."""
+  horizon, s, asked = 5, 2, []
+
+  chunks = [np.tile(((c + np.arange(horizon) / 100) / 10)[:, None], (1, mw.ACTION_DIM)).astype(np.float32)
+            for c in range(12)]
+
+  def ask(observation, prev):
+    asked.append((observation, None if prev is None else np.array(prev)))
+    return chunks[len(asked) - 1]
+
+  schedule = rollout._Schedule(horizon, s, d, method, ask)
+  got = np.stack([schedule.action(t, t) for t in range(12)])
+  chunk = lambda c, i: chunks[c][i, 0]  # noqa: E731
+  want, c, t = [], 0, 0
+  want += [chunk(0, i) for i in range(s)]
+  while len(want) < 12:
+    c += 1
+    if method == "sync":  # hold (zero xyz, gripper kept), then the new chunk from step 0
+      want += [None] * d + [chunk(c, i) for i in range(s)]
+    else:  # the old chunk's steps s .. s + d - 1, then the new chunk from step d
+      want += [chunk(c - 1, s + i) for i in range(d)] + [chunk(c, i) for i in range(d, s)]
+  for t, w in enumerate(want[:12]):
+    if w is None:
+      np.testing.assert_array_equal(got[t], [0, 0, 0, got[t - 1][3]])
+    else:
+      np.testing.assert_array_equal(got[t], np.full(mw.ACTION_DIM, w, np.float32), err_msg=f"step {t}")
+  # Asked at every chunk boundary with that step's observation; rtc gets the old plan still to come.
+  period = s + (d if method == "sync" else 0)
+  assert [o for o, _ in asked] == [0] + list(range(s, 12, period))
+  for k, (_, prev) in enumerate(asked[1:], start=0):
+    if method == "rtc":
+      np.testing.assert_array_equal(prev, chunks[k][s:])
+    else:
+      assert prev is None
+  if method != "sync":  # the jump: |new[d] - old[s + d]|
+    np.testing.assert_allclose(schedule.jumps[0], np.linalg.norm(np.full(4, chunk(1, d) - chunk(0, s + d))), rtol=1e-6)

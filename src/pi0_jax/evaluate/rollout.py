@@ -267,54 +267,77 @@ def hold_action(last: np.ndarray) -> np.ndarray:
   return action
 
 
+class _Schedule:
+  """Which action one episode executes at each step, with the policy asked at chunk boundaries (run_episode).
+
+  realtime.ChunkTimeline keeps the chunk/tick alignment; this adds the chunk in flight for d steps and what the
+  robot does meanwhile. `chunks` lists every chunk that took over ({tick, launch_tick, chunk}), `jumps` the
+  switch jump of each but the first.
+  """
+
+  def __init__(self, horizon: int, s: int, d: int, method: str | None, ask):
+    from pi0_jax.realtime import ChunkTimeline  # pylint: disable=g-import-not-at-top
+    self.timeline, self.s, self.d, self.ask = ChunkTimeline(horizon), s, d, ask
+    self.sync, self.rtc = method == "sync", method in ("rtc", "rtc_trained")
+    self.pending: dict[str, Any] | None = None
+    self.last = np.zeros(mw.ACTION_DIM, np.float32)
+    self.chunks: list[dict[str, Any]] = []
+    self.jumps: list[float] = []
+
+  def _switch_if_ready(self, t: int) -> None:
+    if self.pending is None or t - self.pending["tick"] < self.d:
+      return
+    timeline, a_old = self.timeline, np.clip(self.timeline.peek(), -1.0, 1.0)
+    timeline.switch(self.pending["chunk"], timeline.ticks if self.sync else self.pending["launch_tick"])
+    self.jumps.append(float(np.linalg.norm(np.clip(timeline.peek(), -1.0, 1.0) - a_old)))
+    self.chunks.append(self.pending)
+    self.pending = None
+
+  def action(self, t: int, observation: dict) -> np.ndarray:
+    """The action of step t (clipped to [-1, 1]), asking the policy with `observation` when a chunk is due."""
+    timeline = self.timeline
+    if timeline.chunk is None:  # the first chunk, synchronously: the episode starts once it is there
+      timeline.start(self.ask(observation, None))
+      self.chunks.append({"tick": t, "launch_tick": t, "chunk": timeline.chunk})
+    self._switch_if_ready(t)  # the chunk asked for d steps ago takes over ...
+    if self.pending is None and timeline.index >= self.s:  # ... before the next is asked for (at once when d = s)
+      prev = timeline.remaining() if self.rtc else None
+      self.pending = {"tick": t, "launch_tick": timeline.ticks, "chunk": self.ask(observation, prev)}
+      self._switch_if_ready(t)  # d = 0
+    if self.pending is not None and self.sync:
+      self.last = hold_action(self.last)
+    else:
+      self.last = np.clip(timeline.advance(), -1.0, 1.0)
+    return self.last
+
+
 def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
   """Runs one episode (see the module docstring); returns its record. Call in a process without TensorFlow.
 
   With a method and delay d (simulated inference delay): at a chunk boundary (s = min(replan_every, H) actions of
-  the current chunk executed; realtime.ChunkTimeline keeps the alignment) the policy is asked with that tick's
-  observation, and its chunk is usable d ticks later. Meanwhile "sync" holds still (`hold_action`) and then runs
-  the new chunk from step 0; "naive" keeps executing the old chunk and switches to the new one at step d; "rtc"
-  and "rtc_trained" do the same with the new chunk sampled by guided / training-time real-time chunking from the
-  old chunk's plan still to come (old step s + i is new step i). The first chunk is asked for synchronously: the
-  episode starts once it is there. The switch jump is |a_new - a_old|_2 over action dims (robot units, as executed
-  after clipping) at the tick the new chunk takes over: a_new is what is executed, a_old what the old chunk would
-  have executed then (its next step: old[s + d] for naive / rtc, old[s] for sync).
+  the current chunk executed) the policy is asked with that step's observation, and its chunk is usable d steps
+  later. Meanwhile "sync" holds still (`hold_action`) and then runs the new chunk from step 0; "naive" keeps
+  executing the old chunk and switches to the new one at step d; "rtc" and "rtc_trained" do the same with the new
+  chunk sampled by guided / training-time real-time chunking from the old chunk's plan still to come (old step
+  s + i is new step i). The first chunk is asked for synchronously: the episode starts once it is there. The
+  switch jump is |a_new - a_old|_2 over action dims (robot units, as executed after clipping) at the step the new
+  chunk takes over: a_new is what is executed, a_old what the old chunk would have executed then (its next step:
+  old[s + d] for naive / rtc, old[s] for sync; past its end its last step).
   """
-  from pi0_jax.realtime import ChunkTimeline  # pylint: disable=g-import-not-at-top
   start = time.time()
   variant_seed, variant_index, variant = _variant(job.task, settings.seed, job.episode)
   env, cameras = mw.process_env(job.task, settings.render, variant)
   horizon, camera_keys, ask, infer_ms = _chunk_source(job, settings)
-  s, d, sync = min(settings.replan_every, horizon), job.delay, job.method == "sync"
+  schedule = _Schedule(horizon, min(settings.replan_every, horizon), job.delay, job.method, ask)
   record_gif = job.episode < settings.gifs
   instruction = mw.TASK_INSTRUCTIONS[job.task]
 
   obs = mw.reset_to(env, variant)
-  timeline, pending, last = ChunkTimeline(horizon), None, np.zeros(mw.ACTION_DIM, np.float32)
-  success, first_success, total_reward, gif, jumps, executed, chunks = False, None, 0.0, [], [], [], []
-
-  def switch_if_ready(t, pending):
-    if pending is None or t - pending["tick"] < d:
-      return pending
-    a_old = np.clip(timeline.peek(), -1.0, 1.0)
-    timeline.switch(pending["chunk"], timeline.ticks if sync else pending["launch_tick"])
-    jumps.append(float(np.linalg.norm(np.clip(timeline.peek(), -1.0, 1.0) - a_old)))
-    chunks.append(pending)
-    return None
-
+  success, first_success, total_reward, gif, executed = False, None, 0.0, [], []
   steps = min(settings.max_steps, env.max_path_length)
   for t in range(steps):
     scene, wrist = cameras.render(env.data)
-    observation = _observation((scene, wrist), obs, camera_keys, instruction)
-    if timeline.chunk is None:
-      timeline.start(ask(observation, None))
-      chunks.append({"tick": t, "launch_tick": t, "chunk": timeline.chunk})
-    pending = switch_if_ready(t, pending)  # the chunk asked for d ticks ago takes over ...
-    if pending is None and timeline.index >= s:  # ... before the next is asked for (at once when d = s)
-      prev = timeline.remaining() if job.method in ("rtc", "rtc_trained") else None
-      pending = switch_if_ready(t, {"tick": t, "launch_tick": timeline.ticks, "chunk": ask(observation, prev)})
-    action = hold_action(last) if pending is not None and sync else np.clip(timeline.advance(), -1.0, 1.0)
-    last = action
+    action = schedule.action(t, _observation((scene, wrist), obs, camera_keys, instruction))
     executed.append(action)
     obs, reward, _, _, info = env.step(action)
     total_reward += float(reward)
@@ -340,10 +363,11 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
       "seconds": time.time() - start, "gif": gif_path,
   }
   if job.method is not None:
-    record.update(method=job.method, delay=d, switch_jumps=jumps)
+    record.update(method=job.method, delay=job.delay, switch_jumps=schedule.jumps)
   if settings.record_actions:
     record.update(actions=np.stack(executed).tolist(), chunks=[
-        {"tick": c["tick"], "launch_tick": c["launch_tick"], "chunk": np.asarray(c["chunk"]).tolist()} for c in chunks])
+        {"tick": c["tick"], "launch_tick": c["launch_tick"], "chunk": np.asarray(c["chunk"]).tolist()}
+        for c in schedule.chunks])
   return record
 
 

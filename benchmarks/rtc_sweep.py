@@ -15,7 +15,8 @@ measured: pi0_jax.evaluate.rollout.run_episode.
 
   python benchmarks/rtc_sweep.py --export=runs/demo/export --data_dir=data/metaworld --num_workers=2
 
-The defaults satisfy d <= s <= H - d for the demo model (H = action_horizon = 10, s = replan_every = 5, d <= 4).
+The defaults satisfy d <= s <= H - d for the demo model (H = action_horizon = 10, s = replan_every = 5, d <= 4);
+they make 300 fine-tuning steps and 400 episodes of at most 200 steps (4 methods x 5 delays x 10 tasks x 2).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def train_and_export(export: str, workdir: str, max_delay: int) -> tuple[str, di
          os.path.join(workdir, "train.log"))
     seconds["train"] = time.time() - start
     start = time.time()
-    _run([sys.executable, "-m", "pi0_jax.export", f"--workdir={run_dir}", f"--out={out}"],
+    _run([sys.executable, "-m", "pi0_jax.export", f"--workdir={run_dir}", f"--out={out}", "--force"],
          os.path.join(workdir, "export.log"))
     seconds["export"] = time.time() - start
   return out, seconds

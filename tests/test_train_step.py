@@ -101,3 +101,32 @@ def test_ema_matches_numpy(fixed):
     np.testing.assert_allclose(leaf, want, rtol=1e-5, atol=1e-7)
   # And it lags: not yet the latest params.
   assert any(not np.allclose(e, p) for e, p in zip(jax.tree.leaves(states[-1]["ema_params"]), flat[-1]))
+
+
+@pytest.fixture(scope="module")
+def rtc_fixed(fixed):
+  """The fixed batch, for the same tiny model trained with real-time chunking (rtc_max_delay = 2)."""
+  model, tx, schedule, params, batch = fixed
+  return Pi0(model.config.replace(rtc_max_delay=2)), tx, schedule, params, batch
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["fixed_delay", "drawn_delay"])
+def test_rtc_loss_is_the_mean_over_steps_that_carry_loss(rtc_fixed, given):
+  """The first d steps are fed clean and get no loss: the mean leaves them out (not only the padded ones)."""
+  model, tx, schedule, params, batch = rtc_fixed
+  state = step.init_state(model, tx, jax.random.key(3), ema=False, params=params)
+  if given:
+    delay = jnp.asarray([0, 1, 2, 2, 1, 0, 2, 1], jnp.int32)
+    batch = {**batch, "delay": delay}
+  else:  # Drawn in the step from its key, as the model would draw it.
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0)
+    delay = jax.random.randint(jax.random.fold_in(step_rng, 2), (BATCH,), 0, 3)
+  _, m = jax.jit(step.make_train_step(model, tx, schedule))(state, batch)
+  per_step = model.apply({"params": params}, batch["observation"], batch["actions"], method="compute_loss",
+                         noise=batch["noise"], time=batch["time"], action_pad_mask=batch["action_pad_mask"],
+                         action_dim_mask=batch["action_dim_mask"], delay=delay)
+  horizon = model.config.action_horizon
+  live = np.asarray(batch["action_pad_mask"]) & (np.arange(horizon)[None, :] >= np.asarray(delay)[:, None])
+  assert np.asarray(delay).any() and live.sum() < np.asarray(batch["action_pad_mask"]).sum()
+  assert m["valid_action_steps"] == live.sum()
+  np.testing.assert_allclose(m["loss"], np.asarray(per_step)[live].mean(), rtol=1e-6)

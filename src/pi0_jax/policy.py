@@ -317,20 +317,23 @@ class Policy:
 
   # Inference core.
 
-  def _executable(self, observation: Observation, noise_or_draw, num_steps: int, rtc: tuple = ()):
+  def _executable(self, observation: Observation, noise_or_draw, num_steps: int, rtc: tuple = (),
+                  mode: str | None = None):
     """The compiled sampler for these input shapes: fn(params, observation, noise or draw index, *rtc) -> actions.
 
-    rtc: () or (prev_actions [B, H, action_dim] normalised, inference_delay int32 [B], execution_horizon int32 [B]).
+    rtc: () or (prev_actions [B, H, action_dim] normalised, inference_delay int32 [B], execution_horizon int32 [B]);
+    mode: its RTC mode ("guided" or "trained").
     """
     draw = np.ndim(noise_or_draw) == 0
     leaves = jax.tree.leaves(observation)
-    key = (num_steps, draw, bool(rtc), tuple((tuple(x.shape), np.dtype(x.dtype).str) for x in leaves))
+    mode = mode if rtc else None
+    key = (num_steps, draw, mode, tuple((tuple(x.shape), np.dtype(x.dtype).str) for x in leaves))
     if key not in self._compiled:
       model, config, batch, base_key = self._model, self._config, observation.batch_size, self._key
 
       def sample(params, obs, noise_or_draw, *rtc):
         noise = noise_or_draw
-        kw = dict(zip(("prev_actions", "inference_delay", "execution_horizon"), rtc))
+        kw = dict(zip(("prev_actions", "inference_delay", "execution_horizon"), rtc), **({"mode": mode} if rtc else {}))
         if draw:  # Draw number i of this policy: noise from fold_in(key(seed), i), made inside the executable.
           noise = jax.random.normal(jax.random.fold_in(base_key, noise_or_draw),
                                     (batch, config.action_horizon, config.action_dim), jnp.float32)
@@ -366,7 +369,7 @@ class Policy:
     noise = self._noise(noise, observation.batch_size, True)
     return self._executable(observation, noise, num_steps)(self._params, observation, noise)
 
-  def _rtc_inputs(self, prev_actions, inference_delay: int, batch: int, batched: bool) -> tuple:
+  def _rtc_inputs(self, prev_actions, inference_delay: int, batch: int, batched: bool, mode: str) -> tuple:
     """Real-time chunking inputs for the sampler from the robot's plan still to come ([n, A] or [B, n, A])."""
     horizon, prev = self._config.action_horizon, np.asarray(prev_actions, np.float32)
     prev = prev if batched else prev[None]
@@ -374,7 +377,7 @@ class Policy:
       raise ValueError(f"prev_actions: shape {np.shape(prev_actions)}, expected [n, {self._action_dim}] (or "
                        f"[{batch}, n, {self._action_dim}]) with n <= action_horizon {horizon}.")
     n, d = prev.shape[1], int(inference_delay)
-    limit = min(n, horizon - n) if self._config.rtc_max_delay == 0 else min(n, self._config.rtc_max_delay)
+    limit = min(n, horizon - n) if mode == "guided" else min(n, self._config.rtc_max_delay)
     if not 0 <= d <= limit:
       raise ValueError(f"inference_delay {d}: expected 0 <= d <= {limit} for {n} planned actions (guided RTC needs "
                        "d <= n <= H - d; a model trained for RTC d <= its rtc_max_delay).")
@@ -384,7 +387,7 @@ class Policy:
     return padded, np.full((batch,), d, np.int32), np.full((batch,), horizon - n, np.int32)
 
   def infer(self, obs: Mapping[str, Any], *, noise=None, num_steps: int | None = None, prev_actions=None,
-            inference_delay: int = 0) -> dict[str, Any]:
+            inference_delay: int = 0, rtc_mode: str | None = None) -> dict[str, Any]:
     """Raw observation -> {"actions": float32 [H, A] ([B, H, A] for batched input), "infer_ms": float}.
 
     obs: {"images": {camera key: uint8 [h, w, 3] or [B, h, w, 3]}, "state": [S] or [B, S], "prompt": str or a
@@ -395,15 +398,20 @@ class Policy:
     Real-time chunking (pi0_jax.realtime): prev_actions [n, A] (or [B, n, A]), robot units, is the plan still to
     come for this observation's step onwards (n <= H; the execution horizon is H - n) and inference_delay d the
     number of those the robot executes while this call runs; the chunk continues them (sample_actions).
+    rtc_mode: "guided" or "trained" (default: "trained" for a model with rtc_max_delay > 0, else "guided").
     """
     start = time.perf_counter()
     observation, batched = self.prepare(obs)
     num_steps = _check_steps(self.num_steps if num_steps is None else num_steps)
     noise = self._noise(noise, observation.batch_size, batched)
+    mode = rtc_mode or ("trained" if self._config.rtc_max_delay > 0 else "guided")
+    if mode not in ("guided", "trained") or (mode == "trained" and self._config.rtc_max_delay == 0):
+      raise ValueError(f"rtc_mode {rtc_mode!r}: expected 'guided', or 'trained' for a model with rtc_max_delay > 0 "
+                       f"(this one: {self._config.rtc_max_delay}).")
     rtc = () if prev_actions is None else self._rtc_inputs(prev_actions, inference_delay, observation.batch_size,
-                                                           batched)
+                                                           batched, mode)
     compile_start = time.perf_counter()
-    run = self._executable(observation, noise, num_steps, rtc)
+    run = self._executable(observation, noise, num_steps, rtc, mode)
     compile_s = time.perf_counter() - compile_start
     normalized = run(self._params, observation, noise, *rtc)
     normalized.block_until_ready()

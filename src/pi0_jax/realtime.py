@@ -36,7 +36,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-__all__ = ["Clock", "RealtimeExecutor", "SimulatedClock", "SystemClock"]
+__all__ = ["ChunkTimeline", "Clock", "RealtimeExecutor", "SimulatedClock", "SystemClock"]
 
 InferFn = Callable[[Any, "np.ndarray | None", int], Any]
 
@@ -105,6 +105,51 @@ class SimulatedClock:
       return done.is_set()
 
 
+class ChunkTimeline:
+  """Which step of which chunk the robot executes at each control tick: the alignment every scheme shares.
+
+  A chunk's step i is meant for the tick i ticks after the observation it was sampled from. `ticks` counts the
+  actions taken, `index` is the current chunk's next step. A chunk asked for at tick k0 and received at tick k
+  replaces the current one at index k - k0 (`switch`): the steps for ticks k0 .. k - 1 came from the old chunk,
+  whose plan still to come at the launch (`remaining`) is what real-time chunking continues. Past a chunk's end
+  its last action repeats (counted in `underruns`). Used by RealtimeExecutor (wall or simulated time) and by the
+  closed-loop evaluation with simulated inference delays (pi0_jax.evaluate.rollout).
+  """
+
+  def __init__(self, horizon: int):
+    self.horizon = int(horizon)
+    self.chunk: np.ndarray | None = None
+    self.index = 0
+    self.ticks = 0
+    self.underruns = 0
+
+  def start(self, chunk: np.ndarray) -> None:
+    """The first chunk, for the observation of tick 0."""
+    self.chunk, self.index, self.ticks = chunk, 0, 0
+
+  def remaining(self) -> np.ndarray:
+    """The current chunk from its next step on ([n, A], n <= H, not padded)."""
+    return self.chunk[self.index:]
+
+  def switch(self, chunk: np.ndarray, launch_tick: int) -> int:
+    """Replaces the chunk by one sampled from the observation of `launch_tick`; returns the index it starts at."""
+    self.chunk, self.index = chunk, self.ticks - int(launch_tick)
+    return self.index
+
+  def peek(self) -> np.ndarray:
+    """The action the next tick executes."""
+    return self.chunk[min(self.index, self.horizon - 1)]
+
+  def advance(self) -> np.ndarray:
+    """One tick: the current chunk's next action."""
+    if self.index >= self.horizon:
+      self.underruns += 1
+    action = self.peek()
+    self.index += 1
+    self.ticks += 1
+    return action
+
+
 @dataclasses.dataclass
 class _Job:
   obs: Any
@@ -142,11 +187,8 @@ class RealtimeExecutor:
     self._clock = clock or SystemClock()
     self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
     self._initial_delay, self._max_delay = int(initial_delay), max_delay
-    self._chunk: np.ndarray | None = None
-    self._index = 0  # the current chunk's next step
-    self._ticks = 0
+    self._timeline = ChunkTimeline(action_horizon)
     self._job: _Job | None = None
-    self.underruns = 0
     self.log: list[dict[str, Any]] = []  # one record per inference that replaced the chunk
     self._jobs: queue.Queue[_Job | None] = queue.Queue()
     self._worker = threading.Thread(target=self._work, name="rtc-inference", daemon=True)
@@ -173,6 +215,11 @@ class RealtimeExecutor:
   # --- the control loop -----------------------------------------------------------------------------------
 
   @property
+  def underruns(self) -> int:
+    """Ticks that ran past the current chunk's end (its last action repeated)."""
+    return self._timeline.underruns
+
+  @property
   def delay(self) -> int:
     """The inference delay d (ticks) the next inference is told: from the largest recent latency."""
     if not self._latencies:
@@ -189,37 +236,32 @@ class RealtimeExecutor:
       t0 = self._clock.now()
       self._infer(obs, chunk[self.s:], min(self.s, self.horizon - self.s))
       self._latencies.append(self._clock.now() - t0)
-    self._chunk, self._index, self._ticks = chunk, 0, 0
+    self._timeline.start(chunk)
     return chunk
 
   def step(self, obs) -> np.ndarray:
     """One control tick: the action to execute now. Does not wait for inference."""
-    if self._chunk is None:
+    timeline = self._timeline
+    if timeline.chunk is None:
       raise RuntimeError("RealtimeExecutor.step before start(obs): there is no chunk to execute yet.")
     job = self._job
     if job is not None and self._clock.settle(job.done):
       self._job = None
       if job.error is not None:
         raise RuntimeError("the policy's inference failed") from job.error
-      executed = self._ticks - job.launch_tick
-      self._chunk, self._index = job.chunk, executed
+      executed = timeline.switch(job.chunk, job.launch_tick)
       self._latencies.append(job.latency)
       self.log.append({"launch_tick": job.launch_tick, "delay": job.delay, "executed": executed,
                        "latency": job.latency})
     d = self.delay
-    if self._job is None and self._index >= max(self.s, d):
-      prev = self._chunk[self._index:]
-      job = _Job(obs=obs, prev=prev, delay=min(d, len(prev)), launch_tick=self._ticks,
+    if self._job is None and timeline.index >= max(self.s, d):
+      prev = timeline.remaining()
+      job = _Job(obs=obs, prev=prev, delay=min(d, len(prev)), launch_tick=timeline.ticks,
                  start=self._clock.now())
       self._job = job
       self._jobs.put(job)
       self._clock.settle(job.done)  # a simulated clock lets the job reach its first wait at this time
-    if self._index >= self.horizon:
-      self.underruns += 1
-    action = self._chunk[min(self._index, self.horizon - 1)]
-    self._index += 1
-    self._ticks += 1
-    return action
+    return timeline.advance()
 
   def run(self, num_ticks: int, get_obs: Callable[[], Any], act: Callable[[np.ndarray], None]) -> None:
     """`num_ticks` ticks at the fixed rate: act(step(get_obs())), then sleep to the next tick of the grid."""

@@ -11,6 +11,8 @@ Stages, each optional:
   closed loop  (rollout.py) the policy drives Meta-World on the ML10 train classes (task variants the demos
                never showed: a different variant seed) and the 5 held-out test classes; success per task with
                Wilson 95% intervals, optional GIFs; optionally the mean-action baseline on the same episodes.
+               With --delays, the policy's episodes run once per method (sync, naive, rtc, rtc_trained) and
+               simulated inference delay instead: success, steps to success and the action jump at chunk switches.
                Runs first, in spawned worker processes that never import TensorFlow (MuJoCo's EGL rendering
                segfaults next to it) and before this process touches an accelerator.
   offline      (offline.py) validation splits of the training datasets and the held-out datasets: flow loss
@@ -110,9 +112,13 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
              data_dir: str | None = None, heldout_datasets: Sequence[str] | None = None,
              dataset: str | None = None, env_seed: int = DEFAULT_ENV_SEED, seed: int = 0, num_workers: int = 1,
              rollout_platform: str | None = None, mesh: Sequence[Sequence[Any]] | None = None,
-             stats_dir: str | None = None, distributed: bool = False, progress: bool = True) -> str:
+             stats_dir: str | None = None, distributed: bool = False, progress: bool = True,
+             delays: Sequence[int] | None = None, methods: Sequence[str] | None = None,
+             record_actions: bool = False) -> str:
   """Evaluates the export in `checkpoint` and writes the report into `out`; returns the path of report.md.
 
+  With `delays`, the policy's closed loop runs once per method (default sync, naive, rtc) and simulated inference
+  delay instead of once (pi0_jax.evaluate.rollout.run_episode); the report gains the delay sweep.
   See `python -m pi0_jax.evaluate --help` for what each argument means.
   """
   from pi0_jax import export as export_lib  # pylint: disable=g-import-not-at-top
@@ -121,6 +127,10 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
 
   if skip_offline and skip_closed_loop:
     raise ValueError("nothing to do: both the offline and the closed-loop stage are skipped")
+  if methods and not delays:
+    raise ValueError(f"methods {list(methods)}: they need delays (e.g. --delays=0,1,2)")
+  delays = tuple(delays or ())
+  methods = tuple(methods or (("sync", "naive", "rtc") if delays else ()))
   checkpoint, out = os.path.abspath(checkpoint), os.path.abspath(out)
   metadata = export_lib.read_export_metadata(checkpoint)
   train_config = metadata.get("train_config") or {}
@@ -154,7 +164,8 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
     settings = rollout.RolloutSettings(
         export_dir=checkpoint, tasks=chosen, episodes_per_task=episodes_per_task, replan_every=replan_every,
         max_steps=max_steps, num_steps=num_steps, seed=env_seed, noise_seed=seed, render=render, gifs=gifs,
-        gif_dir=os.path.join(out, "gifs") if gifs else None, dataset=dataset, platform=rollout_platform or None)
+        gif_dir=os.path.join(out, "gifs") if gifs else None, dataset=dataset, platform=rollout_platform or None,
+        methods=methods, delays=delays, record_actions=record_actions)
     kinds = (rollout.POLICY, rollout.BASELINE) if baseline else (rollout.POLICY,)
     episodes = rollout.run_closed_loop(settings, kinds, num_workers=num_workers, progress=progress)
     for e in episodes:
@@ -163,6 +174,8 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
     result["closed_loop"] = {"settings": dataclasses.asdict(settings), "demo_seeds": demo_seeds,
                              "render_from": render_from, "summary": rollout.summarize(episodes, chosen),
                              "episodes": episodes}
+    if delays:
+      result["closed_loop"]["delay_sweep"] = rollout.summarize_delays(episodes)
     seconds["closed_loop"] = time.time() - start
 
   # --- Offline --------------------------------------------------------------------------------------------------

@@ -45,6 +45,12 @@ _EPISODES = flags.DEFINE_integer("episodes_per_task", 10, "Closed-loop episodes 
                                  "task variant).")
 _REPLAN = flags.DEFINE_integer("replan_every", 5, "Actions of each chunk executed before the policy is asked again.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "Steps before an episode counts as failed (Meta-World: 500).")
+_DELAYS = flags.DEFINE_list("delays", None, "Simulated inference delays d (control ticks), e.g. 0,1,2,3,4: the "
+                            "policy's episodes run once per method and delay (d <= replan_every <= H - d). Default: "
+                            "the plain closed loop.")
+_METHODS = flags.DEFINE_list("methods", None, "With --delays: how a chunk switch handles the delay, some of sync, "
+                             "naive, rtc, rtc_trained (default sync,naive,rtc; rtc_trained needs an export whose "
+                             "model has rtc_max_delay >= the largest delay).")
 _GIFS = flags.DEFINE_integer("gifs", 0, "Episodes per task (the first ones) saved as GIFs, per policy.")
 _BASELINE = flags.DEFINE_bool("baseline", False, "Also roll out the mean-action baseline on the same episodes (the "
                               "offline metrics always report it: it costs nothing there).")
@@ -74,6 +80,13 @@ def _mesh(values):
   return axes
 
 
+def _delays(values):
+  try:
+    return [int(v) for v in values] if values else None
+  except ValueError:
+    raise app.UsageError(f"--delays: expected integers like 0,1,2; got {values}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -89,7 +102,8 @@ def main(argv):
       skip_offline=_SKIP_OFFLINE.value, skip_closed_loop=_SKIP_CLOSED_LOOP.value, data_dir=_DATA_DIR.value,
       heldout_datasets=_HELDOUT.value, dataset=_DATASET.value, env_seed=_ENV_SEED.value, seed=_SEED.value,
       num_workers=_NUM_WORKERS.value, rollout_platform=_ROLLOUT_PLATFORM.value, mesh=_mesh(_MESH.value),
-      stats_dir=_STATS_DIR.value, distributed=_DISTRIBUTED.value)
+      stats_dir=_STATS_DIR.value, distributed=_DISTRIBUTED.value, delays=_delays(_DELAYS.value),
+      methods=_METHODS.value)
   print(f"Report: {path}")
 
 

@@ -8,6 +8,8 @@
   success_per_task.png  success rate per task, bars with 95% CI error bars (policy, and baseline if run)
   loss_by_t.png         flow-matching loss per t bin, and chunk MSE per horizon step, per offline group
   chunks.png            predicted vs ground-truth action chunks of a few offline examples, per action dim
+  delay_sweep.png       with simulated inference delays (--delays): success rate vs delay, one line per method
+                        with 95% CI bars, and the mean switch jump |a_new - a_old|_2 vs delay
 
 Plots use matplotlib's Agg backend (no display needed).
 """
@@ -25,6 +27,14 @@ from pi0_jax import files
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 SUCCESS_PNG, LOSS_PNG, CHUNKS_PNG = "success_per_task.png", "loss_by_t.png", "chunks.png"
+DELAY_PNG = "delay_sweep.png"
+# What the delay sweep's methods do while the policy thinks (d ticks), for the report.
+METHOD_NOTES = {
+    "sync": "holds still (zero xyz delta, gripper kept), then runs the new chunk from step 0",
+    "naive": "keeps executing the old chunk, then switches to the new chunk at step d",
+    "rtc": "like naive; the new chunk is sampled by guided real-time chunking from the old chunk's remaining plan",
+    "rtc_trained": "like rtc, with training-time real-time chunking (a model trained with rtc_max_delay >= d)",
+}
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -69,6 +79,10 @@ def _closed_loop_md(closed: Mapping[str, Any]) -> list[str]:
   settings = closed["settings"]
   kinds = [k for k in ("policy", "baseline") if k in summary]
   lines = ["## Closed loop (Meta-World)", ""]
+  if closed.get("delay_sweep"):
+    lines += delay_sweep_md(closed["delay_sweep"], settings)
+  if not kinds:
+    return lines
   lines.append(f"{settings['episodes_per_task']} episodes per task on unseen task variants (variant seed "
                f"{settings['seed']}; the demonstrations used {closed.get('demo_seeds')}), at most "
                f"{settings['max_steps']} steps, re-planning every {settings['replan_every']} steps, "
@@ -106,6 +120,29 @@ def _closed_loop_md(closed: Mapping[str, Any]) -> list[str]:
                  ", ".join(f"[{os.path.basename(g)}]({g})" for g in gifs))
     lines.append("")
   return lines
+
+
+def delay_sweep_md(sweep: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+  """The delay sweep's table (rollout.summarize_delays) with what each method and column means."""
+  lines = ["### Simulated inference delay", ""]
+  lines.append(f"The world keeps moving while the policy thinks: at a chunk boundary (every s = "
+               f"{settings['replan_every']} executed actions) the policy is asked with that tick's observation and its "
+               f"chunk is usable d ticks later. {settings['episodes_per_task']} episodes per task and delay on "
+               f"{len(settings['tasks'])} tasks (the same variants and noise for every method), at most "
+               f"{settings['max_steps']} steps. Switch jump: |a_new - a_old|_2 over action dims (robot units, as "
+               "executed) at the tick a new chunk takes over; a_old is what the old chunk would have executed then. "
+               "Intervals are Wilson 95%.")
+  lines.append("")
+  lines += [f"- {m}: {METHOD_NOTES[m]}" for m in sweep] + [""]
+  rows = []
+  for method, per_delay in sweep.items():
+    for row in per_delay.values():
+      rows.append([method, row["delay"], f"{_pct(row['success_rate'])} ({row['successes']}/{row['episodes']})",
+                   _ci(row["ci95"]), _fmt(row["mean_steps_to_success"]), _fmt(row["switch_jump_mean"]),
+                   _fmt(row["switch_jump_max"]), row["switches"]])
+  lines += _table(["method", "delay d", "success", "95% CI", "mean steps to success", "switch jump mean",
+                   "switch jump max", "switches"], rows)
+  return lines + [f"![delay sweep]({DELAY_PNG})", ""]
 
 
 def _offline_md(offline: Mapping[str, Any]) -> list[str]:
@@ -202,6 +239,33 @@ def plot_success(summary: Mapping[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def plot_delay_sweep(sweep: Mapping[str, Any], path: str) -> None:
+  """Success rate vs delay (one line per method, 95% CI bars) and the mean switch jump vs delay."""
+  plt = _pyplot()
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+  for j, (method, per_delay) in enumerate(sweep.items()):
+    rows = list(per_delay.values())
+    d = np.array([r["delay"] for r in rows], np.float64) + 0.04 * (j - (len(sweep) - 1) / 2)  # bars side by side
+    rate = np.array([r["success_rate"] for r in rows])
+    err = np.stack([rate - [r["ci95"][0] for r in rows], [r["ci95"][1] for r in rows] - rate])
+    ax0.errorbar(d, rate, yerr=err, marker="o", capsize=3, label=method)
+    jump = np.array([np.nan if r["switch_jump_mean"] is None else r["switch_jump_mean"] for r in rows])
+    ax1.plot(d, jump, marker="o", label=method)
+  for ax in (ax0, ax1):
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("inference delay d (control ticks)")
+    ax.legend(fontsize=8)
+  ax0.set_ylim(-0.02, 1.05)
+  ax0.set_ylabel("success rate (95% Wilson CI)")
+  ax0.set_title("closed-loop success vs delay")
+  ax1.set_ylabel("mean |a_new - a_old|_2 at a switch")
+  ax1.set_title("action jump at chunk switches")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_losses(groups: Sequence[Mapping[str, Any]], path: str) -> None:
   plt = _pyplot()
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
@@ -277,6 +341,9 @@ def write_report(out_dir: str, report: Mapping[str, Any]) -> dict[str, str]:
   if closed and closed["summary"]:
     paths["success_plot"] = os.path.join(out_dir, SUCCESS_PNG)
     plot_success(closed["summary"], paths["success_plot"])
+  if closed and closed.get("delay_sweep"):
+    paths["delay_plot"] = os.path.join(out_dir, DELAY_PNG)
+    plot_delay_sweep(closed["delay_sweep"], paths["delay_plot"])
   if offline and offline["groups"]:
     paths["loss_plot"] = os.path.join(out_dir, LOSS_PNG)
     plot_losses(offline["groups"], paths["loss_plot"])
@@ -288,4 +355,5 @@ def write_report(out_dir: str, report: Mapping[str, Any]) -> dict[str, str]:
   return paths
 
 
-__all__ = ["markdown", "plot_chunks", "plot_losses", "plot_success", "write_report"]
+__all__ = ["delay_sweep_md", "markdown", "plot_chunks", "plot_delay_sweep", "plot_losses", "plot_success",
+           "write_report"]

@@ -15,6 +15,10 @@ One episode:
   actions (clipped to [-1, 1]), one per step;
   it succeeds when info["success"] is true at some step, and ends there; otherwise after `max_steps` steps.
 
+With a simulated inference delay (RolloutSettings.methods and delays; `run_episode` says what each method does)
+the world keeps moving while the policy thinks: a chunk asked for at a chunk boundary becomes usable d steps
+later. d = 0 with "sync" or "naive" is exactly the episode above (same actions, same outcome).
+
 MuJoCo's EGL rendering segfaults in a process that has imported TensorFlow (which the offline evaluation and
 the trainer use), so episodes run in worker processes started with "spawn", each holding its own policy: no
 TensorFlow is imported on this path. Workers reuse their env, cameras and policy across episodes.
@@ -40,6 +44,7 @@ from pi0_jax.envs import metaworld as mw
 
 POLICY, BASELINE = "policy", "baseline"
 KINDS = (POLICY, BASELINE)
+METHODS = ("sync", "naive", "rtc", "rtc_trained")  # How a chunk switch handles the inference delay.
 # Where the demo builder stores each camera's frames; the dataset spec maps these keys to the model's slots.
 SCENE_KEY, WRIST_KEY = "image", "wrist_image"
 Z95 = 1.959963984540054  # Two-sided 95% standard normal quantile.
@@ -77,9 +82,19 @@ class RolloutSettings:
   gif_dir: str | None = None
   dataset: str | None = None  # Which dataset's statistics the policy uses (export norm_stats.json).
   platform: str | None = None  # JAX platform of the workers (e.g. "cpu"); None: JAX's default.
+  # Simulated inference delay (module docstring): the policy's episodes run once per method and delay.
+  methods: tuple[str, ...] = ()
+  delays: tuple[int, ...] = ()
+  record_actions: bool = False  # Episode records keep every executed action and every chunk received.
 
   def __post_init__(self):
     object.__setattr__(self, "tasks", tuple(self.tasks))
+    object.__setattr__(self, "methods", tuple(self.methods))
+    object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
+    bad = [m for m in self.methods if m not in METHODS]
+    if bad or bool(self.methods) != bool(self.delays) or any(d < 0 for d in self.delays):
+      raise ValueError(f"methods {list(self.methods)} and delays {list(self.delays)}: expected both or neither, "
+                       f"methods among {METHODS} and delays >= 0")
     unknown = [t for t in self.tasks if t not in mw.TASK_INSTRUCTIONS]
     if unknown:
       raise ValueError(f"tasks {unknown}: not ML10 task classes; expected some of {sorted(mw.TASK_INSTRUCTIONS)}")
@@ -103,6 +118,12 @@ class EpisodeJob:
   kind: str  # POLICY or BASELINE
   task: str
   episode: int  # Index among the task's evaluation episodes: picks the variant and the noise.
+  method: str | None = None  # One of METHODS with a simulated inference delay; None: the plain closed loop.
+  delay: int = 0  # d, in control ticks.
+
+  @property
+  def label(self) -> str:
+    return self.kind if self.method is None else f"{self.method}@{self.delay}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,12 +229,9 @@ def first_observation(task: str, seed: int, episode: int, render: mw.RenderOptio
   return {**out, "variant_seed": int(variant_seed), "variant_index": int(variant_index)}
 
 
-def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
-  """Runs one episode (see the module docstring); returns its record. Call in a process without TensorFlow."""
-  start = time.time()
+def _chunk_source(job: EpisodeJob, settings: RolloutSettings):
+  """(policy horizon, camera keys, fn(observation, prev_actions or None) -> chunk [H, A]) for one episode."""
   policy = _policy(job.kind, settings)
-  variant_seed, variant_index, variant = _variant(job.task, settings.seed, job.episode)
-  env, cameras = mw.process_env(job.task, settings.render, variant)
   noise_rng = episode_noise_rng(settings.noise_seed, job.task, job.episode)
   if job.kind == POLICY:
     noise_shape = (policy.config.action_horizon, policy.config.action_dim)
@@ -224,26 +242,103 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
                        f"{[SCENE_KEY, WRIST_KEY]} (the keys pi0_jax.data.build_metaworld stores)")
   else:
     noise_shape, camera_keys = None, (SCENE_KEY, WRIST_KEY)
+  rtc_mode = {"rtc": "guided", "rtc_trained": "trained"}.get(job.method)
+  infer_ms = []
+
+  def ask(observation, prev):
+    noise = None if noise_shape is None else noise_rng.standard_normal(noise_shape).astype(np.float32)
+    kw = {} if prev is None else {"prev_actions": prev, "inference_delay": job.delay, "rtc_mode": rtc_mode}
+    out = policy.infer(observation, noise=noise, num_steps=settings.num_steps, **kw)
+    chunk = np.asarray(out["actions"], np.float32)
+    if chunk.ndim != 2 or chunk.shape[1] != mw.ACTION_DIM:
+      raise ValueError(f"{job.kind} returned actions of shape {chunk.shape}; expected [horizon, "
+                       f"{mw.ACTION_DIM}] (Meta-World's action space)")
+    infer_ms.append(float(out.get("infer_ms", 0.0)))
+    return chunk
+
+  horizon = policy.config.action_horizon if job.kind == POLICY else policy.horizon
+  return horizon, camera_keys, ask, infer_ms
+
+
+def hold_action(last: np.ndarray) -> np.ndarray:
+  """What the robot does while it waits for a chunk (sync): zero xyz delta, the last gripper command kept."""
+  action = np.zeros(mw.ACTION_DIM, np.float32)
+  action[3] = last[3]
+  return action
+
+
+class _Schedule:
+  """Which action one episode executes at each step, with the policy asked at chunk boundaries (run_episode).
+
+  realtime.ChunkTimeline keeps the chunk/tick alignment; this adds the chunk in flight for d steps and what the
+  robot does meanwhile. `chunks` lists every chunk that took over ({tick, launch_tick, chunk}), `jumps` the
+  switch jump of each but the first.
+  """
+
+  def __init__(self, horizon: int, s: int, d: int, method: str | None, ask):
+    from pi0_jax.realtime import ChunkTimeline  # pylint: disable=g-import-not-at-top
+    self.timeline, self.s, self.d, self.ask = ChunkTimeline(horizon), s, d, ask
+    self.sync, self.rtc = method == "sync", method in ("rtc", "rtc_trained")
+    self.pending: dict[str, Any] | None = None
+    self.last = np.zeros(mw.ACTION_DIM, np.float32)
+    self.chunks: list[dict[str, Any]] = []
+    self.jumps: list[float] = []
+
+  def _switch_if_ready(self, t: int) -> None:
+    if self.pending is None or t - self.pending["tick"] < self.d:
+      return
+    timeline, a_old = self.timeline, np.clip(self.timeline.peek(), -1.0, 1.0)
+    timeline.switch(self.pending["chunk"], timeline.ticks if self.sync else self.pending["launch_tick"])
+    self.jumps.append(float(np.linalg.norm(np.clip(timeline.peek(), -1.0, 1.0) - a_old)))
+    self.chunks.append(self.pending)
+    self.pending = None
+
+  def action(self, t: int, observation: dict) -> np.ndarray:
+    """The action of step t (clipped to [-1, 1]), asking the policy with `observation` when a chunk is due."""
+    timeline = self.timeline
+    if timeline.chunk is None:  # the first chunk, synchronously: the episode starts once it is there
+      timeline.start(self.ask(observation, None))
+      self.chunks.append({"tick": t, "launch_tick": t, "chunk": timeline.chunk})
+    self._switch_if_ready(t)  # the chunk asked for d steps ago takes over ...
+    if self.pending is None and timeline.index >= self.s:  # ... before the next is asked for (at once when d = s)
+      prev = timeline.remaining() if self.rtc else None
+      self.pending = {"tick": t, "launch_tick": timeline.ticks, "chunk": self.ask(observation, prev)}
+      self._switch_if_ready(t)  # d = 0
+    if self.pending is not None and self.sync:
+      self.last = hold_action(self.last)
+    else:
+      self.last = np.clip(timeline.advance(), -1.0, 1.0)
+    return self.last
+
+
+def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
+  """Runs one episode (see the module docstring); returns its record. Call in a process without TensorFlow.
+
+  With a method and delay d (simulated inference delay): at a chunk boundary (s = min(replan_every, H) actions of
+  the current chunk executed) the policy is asked with that step's observation, and its chunk is usable d steps
+  later. Meanwhile "sync" holds still (`hold_action`) and then runs the new chunk from step 0; "naive" keeps
+  executing the old chunk and switches to the new one at step d; "rtc" and "rtc_trained" do the same with the new
+  chunk sampled by guided / training-time real-time chunking from the old chunk's plan still to come (old step
+  s + i is new step i). The first chunk is asked for synchronously: the episode starts once it is there. The
+  switch jump is |a_new - a_old|_2 over action dims (robot units, as executed after clipping) at the step the new
+  chunk takes over: a_new is what is executed, a_old what the old chunk would have executed then (its next step:
+  old[s + d] for naive / rtc, old[s] for sync; past its end its last step).
+  """
+  start = time.time()
+  variant_seed, variant_index, variant = _variant(job.task, settings.seed, job.episode)
+  env, cameras = mw.process_env(job.task, settings.render, variant)
+  horizon, camera_keys, ask, infer_ms = _chunk_source(job, settings)
+  schedule = _Schedule(horizon, min(settings.replan_every, horizon), job.delay, job.method, ask)
   record_gif = job.episode < settings.gifs
   instruction = mw.TASK_INSTRUCTIONS[job.task]
 
   obs = mw.reset_to(env, variant)
-  chunk, position = None, 0
-  success, first_success, total_reward, infer_ms, gif = False, None, 0.0, [], []
+  success, first_success, total_reward, gif, executed = False, None, 0.0, [], []
   steps = min(settings.max_steps, env.max_path_length)
   for t in range(steps):
     scene, wrist = cameras.render(env.data)
-    if chunk is None or position >= min(settings.replan_every, len(chunk)):
-      noise = None if noise_shape is None else noise_rng.standard_normal(noise_shape).astype(np.float32)
-      out = policy.infer(_observation((scene, wrist), obs, camera_keys, instruction), noise=noise,
-                         num_steps=settings.num_steps)
-      chunk, position = np.asarray(out["actions"], np.float32), 0
-      if chunk.ndim != 2 or chunk.shape[1] != mw.ACTION_DIM:
-        raise ValueError(f"{job.kind} returned actions of shape {chunk.shape}; expected [horizon, "
-                         f"{mw.ACTION_DIM}] (Meta-World's action space)")
-      infer_ms.append(float(out.get("infer_ms", 0.0)))
-    action = np.clip(chunk[position], -1.0, 1.0)
-    position += 1
+    action = schedule.action(t, _observation((scene, wrist), obs, camera_keys, instruction))
+    executed.append(action)
     obs, reward, _, _, info = env.step(action)
     total_reward += float(reward)
     if record_gif:
@@ -256,9 +351,9 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
   if record_gif:
     scene, wrist = cameras.render(env.data)
     gif.append(_gif_frame(scene, wrist, success))
-    gif_path = os.path.join(settings.gif_dir, f"{job.kind}_{job.task}_ep{job.episode:03d}.gif")
+    gif_path = os.path.join(settings.gif_dir, f"{job.label}_{job.task}_ep{job.episode:03d}.gif")
     write_gif(gif_path, gif)
-  return {
+  record = {
       "kind": job.kind, "task": job.task, "episode": job.episode, "variant_seed": int(variant_seed),
       "variant_index": int(variant_index), "success": success, "first_success_step": first_success,
       "steps": num_steps, "return": total_reward, "replans": len(infer_ms),
@@ -267,6 +362,13 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
       "infer_ms_median": float(np.median(infer_ms)) if infer_ms else 0.0,
       "seconds": time.time() - start, "gif": gif_path,
   }
+  if job.method is not None:
+    record.update(method=job.method, delay=job.delay, switch_jumps=schedule.jumps)
+  if settings.record_actions:
+    record.update(actions=np.stack(executed).tolist(), chunks=[
+        {"tick": c["tick"], "launch_tick": c["launch_tick"], "chunk": np.asarray(c["chunk"]).tolist()}
+        for c in schedule.chunks])
+  return record
 
 
 def write_gif(path: str, frames: Sequence[np.ndarray], fps: int = 20):
@@ -281,12 +383,39 @@ def write_gif(path: str, frames: Sequence[np.ndarray], fps: int = 20):
 
 
 def episode_jobs(settings: RolloutSettings, kinds: Sequence[str]) -> list[EpisodeJob]:
-  """Every episode to run, grouped by task so that a worker keeps its env across consecutive jobs."""
+  """Every episode to run, grouped by task so that a worker keeps its env across consecutive jobs.
+
+  With settings.delays, the policy's episodes run once per method and delay (same variants and noise seeds).
+  """
   bad = [k for k in kinds if k not in KINDS]
   if bad or not kinds:
     raise ValueError(f"kinds {list(kinds)}: expected some of {KINDS}")
-  return [EpisodeJob(kind, task, i) for kind in kinds for task in settings.tasks
-          for i in range(settings.episodes_per_task)]
+  jobs = []
+  for kind in kinds:
+    variants = ([(m, d) for m in settings.methods for d in settings.delays] if kind == POLICY and settings.delays
+                else [(None, 0)])
+    jobs += [EpisodeJob(kind, task, i, method, d) for method, d in variants for task in settings.tasks
+             for i in range(settings.episodes_per_task)]
+  return jobs
+
+
+def check_delays(settings: RolloutSettings) -> None:
+  """Checks the delay sweep against the export's model (no JAX): d <= s <= H - d for every delay, with
+  s = min(replan_every, H), and rtc_max_delay >= d for rtc_trained. Raises before any rollout starts."""
+  if not settings.delays:
+    return
+  path = os.path.join(settings.export_dir, "model_config.json")
+  model = export_lib.read_export_json(settings.export_dir, "model_config.json")
+  horizon, max_delay = int(model["action_horizon"]), int(model.get("rtc_max_delay", 0))
+  s = min(settings.replan_every, horizon)
+  bad = [d for d in settings.delays if not d <= s <= horizon - d]
+  if bad:
+    raise ValueError(f"delays {bad}: a simulated inference delay d needs d <= s <= H - d, with s = "
+                     f"min(replan_every, H) = {s} and H = action_horizon = {horizon} ({path})")
+  if "rtc_trained" in settings.methods and max(settings.delays) > max_delay:
+    raise ValueError(f"method rtc_trained: {path} has rtc_max_delay = {max_delay}, but the delays go up to "
+                     f"{max(settings.delays)}; it needs a model trained with rtc_max_delay >= "
+                     f"{max(settings.delays)} (configs: model.rtc_max_delay)")
 
 
 def run_closed_loop(settings: RolloutSettings, kinds: Sequence[str] = (POLICY,), *, num_workers: int = 1,
@@ -300,11 +429,12 @@ def run_closed_loop(settings: RolloutSettings, kinds: Sequence[str] = (POLICY,),
   if num_workers < 1:
     raise ValueError(f"num_workers: expected >= 1, got {num_workers}")
   jobs = episode_jobs(settings, kinds)
+  check_delays(settings)
   if settings.gifs:
     os.makedirs(settings.gif_dir, exist_ok=True)
   results: list[dict[str, Any] | None] = [None] * len(jobs)
   bar = tqdm(total=len(jobs), desc="closed loop", unit="ep", disable=not progress, dynamic_ncols=True)
-  successes = {k: [0, 0] for k in kinds}
+  successes = {j.label: [0, 0] for j in jobs}
   try:
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)),
                                                 mp_context=multiprocessing.get_context("spawn"),
@@ -320,11 +450,11 @@ def run_closed_loop(settings: RolloutSettings, kinds: Sequence[str] = (POLICY,),
           for other in futures:
             other.cancel()
           job = jobs[i]
-          raise RuntimeError(f"closed loop: {job.kind} episode {job.episode} of {job.task} failed: "
+          raise RuntimeError(f"closed loop: {job.label} episode {job.episode} of {job.task} failed: "
                              f"{type(e).__name__}: {e}") from e
         results[i] = record
-        successes[record["kind"]][0] += record["success"]
-        successes[record["kind"]][1] += 1
+        successes[jobs[i].label][0] += record["success"]
+        successes[jobs[i].label][1] += 1
         bar.set_postfix({k: f"{s}/{n}" for k, (s, n) in successes.items()}, refresh=False)
         bar.update(1)
   except concurrent.futures.process.BrokenProcessPool as e:
@@ -345,6 +475,8 @@ def summarize(records: Iterable[Mapping[str, Any]], tasks: Sequence[str]) -> dic
   """
   by_kind: dict[str, dict[str, list]] = {}
   for r in records:
+    if r.get("method") is not None:
+      continue  # Episodes with a simulated inference delay: summarize_delays.
     by_kind.setdefault(r["kind"], {}).setdefault(r["task"], []).append(r)
   out = {}
   for kind, per_task in by_kind.items():
@@ -376,5 +508,34 @@ def summarize(records: Iterable[Mapping[str, Any]], tasks: Sequence[str]) -> dic
   return out
 
 
-__all__ = ["BASELINE", "KINDS", "MeanActionPolicy", "POLICY", "RolloutSettings", "EpisodeJob", "episode_jobs",
-           "first_observation", "run_closed_loop", "run_episode", "summarize", "wilson_interval", "write_gif"]
+def summarize_delays(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  """{method: {delay: row}} over the episodes with a simulated inference delay, all tasks pooled.
+
+  A row: episodes, successes, success_rate with its Wilson 95% interval, mean_steps_to_success (over the
+  successful episodes; None without any), and the switch jump |a_new - a_old|_2 (run_episode) as its mean and
+  max over every chunk switch of every episode (None without switches).
+  """
+  groups: dict[str, dict[int, list]] = {}
+  for r in records:
+    if r.get("method") is not None:
+      groups.setdefault(r["method"], {}).setdefault(int(r["delay"]), []).append(r)
+  out: dict[str, dict[str, Any]] = {}
+  for method in [m for m in METHODS if m in groups]:
+    out[method] = {}
+    for d in sorted(groups[method]):
+      episodes = groups[method][d]
+      n, k = len(episodes), sum(bool(e["success"]) for e in episodes)
+      steps = [e["steps"] for e in episodes if e["success"]]
+      jumps = [j for e in episodes for j in e["switch_jumps"]]
+      out[method][str(d)] = {
+          "delay": d, "episodes": n, "successes": k, "success_rate": k / n, "ci95": list(wilson_interval(k, n)),
+          "mean_steps_to_success": float(np.mean(steps)) if steps else None, "switches": len(jumps),
+          "switch_jump_mean": float(np.mean(jumps)) if jumps else None,
+          "switch_jump_max": float(np.max(jumps)) if jumps else None,
+      }
+  return out
+
+
+__all__ = ["BASELINE", "KINDS", "METHODS", "MeanActionPolicy", "POLICY", "RolloutSettings", "EpisodeJob",
+           "check_delays", "episode_jobs", "first_observation", "hold_action", "run_closed_loop", "run_episode",
+           "summarize", "summarize_delays", "wilson_interval", "write_gif"]

@@ -13,7 +13,7 @@ The state is a plain dict, which is also what checkpoints hold:
 A batch is the input pipeline's dict: observation (Observation), actions [B, H, A],
 action_pad_mask bool [B, H], action_dim_mask bool [B, A]; optionally noise [B, H, A] and time [B], fixed
 flow-matching draws that replace the ones from the step's key (for exact comparisons, e.g. of gradient
-accumulation against one batch).
+accumulation against one batch), and, for a model with rtc_max_delay > 0, delay int [B] likewise.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def loss_sum(model: Pi0, params, batch: dict, rng) -> jax.Array:
   """Sum of the per-step flow loss over the real (unpadded) action steps of `batch`."""
   per_step = model.apply({"params": params}, batch["observation"], batch["actions"], method="compute_loss", rng=rng,
                          noise=batch.get("noise"), time=batch.get("time"), action_pad_mask=batch["action_pad_mask"],
-                         action_dim_mask=batch["action_dim_mask"])
+                         action_dim_mask=batch["action_dim_mask"], delay=batch.get("delay"))
   return jnp.sum(per_step)
 
 
@@ -77,11 +77,31 @@ class _Split:
     return traverse_util.unflatten_dict({**trainable, **fixed})
 
 
+def with_rtc_delay(model: Pi0, batch: dict, rng) -> tuple[dict, jax.Array]:
+  """(batch with its training-time RTC delay, the mask of the action steps that carry loss [B, H]).
+
+  With rtc_max_delay > 0 the first delay[b] steps of example b are fed clean and get no loss, so they must not
+  count in the mean either. The delay is batch["delay"] if given, else drawn as compute_loss would draw it from
+  `rng` (so one batch without accumulation trains exactly as if the model drew it); without RTC the batch is
+  returned as it is and every real step counts.
+  """
+  cfg = model.config
+  if cfg.rtc_max_delay == 0:
+    return batch, batch["action_pad_mask"]
+  delay = batch.get("delay")
+  if delay is None:
+    delay = jax.random.randint(jax.random.fold_in(rng, 2), batch["action_pad_mask"].shape[:1], 0,
+                               cfg.rtc_max_delay + 1)
+  live = jnp.arange(cfg.action_horizon)[None, :] >= jnp.asarray(delay)[:, None]
+  return {**batch, "delay": delay}, batch["action_pad_mask"] & live
+
+
 def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Callable[[Any], Any], *,
                     grad_accum_steps: int = 1, ema_decay: float | None = None, frozen=None) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics).
 
-  The loss is the mean over real action steps of the whole (global) batch; with gradient
+  The loss is the mean over the action steps that carry loss (real, and with training-time RTC not fed clean:
+  `with_rtc_delay`) of the whole (global) batch; with gradient
   accumulation the batch is cut into `grad_accum_steps` micro-batches whose gradient sums are
   added, so the update equals the one without accumulation (exactly so, up to float rounding, when the batch
   carries its noise and time; tests/test_train_step.py).
@@ -96,7 +116,8 @@ def make_train_step(model: Pi0, tx: optax.GradientTransformation, schedule: Call
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"]
     trainable, fixed = split(params)
-    num_valid = jnp.maximum(jnp.sum(batch["action_pad_mask"].astype(jnp.float32)), 1.0)
+    batch, counted = with_rtc_delay(model, batch, step_rng)
+    num_valid = jnp.maximum(jnp.sum(counted.astype(jnp.float32)), 1.0)
     grad_fn = jax.value_and_grad(lambda p, b, r: loss_sum(model, split.join(p, fixed), b, r))
 
     if grad_accum_steps == 1:

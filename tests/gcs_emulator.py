@@ -159,6 +159,8 @@ def serve(workdir: str):
            "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{ports['emulator']}",
            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{ports['emulator']}"}
   finally:
+    if child.poll() is not None:  # Any gs:// failure above then has this cause.
+      print(f"gcs_emulator: the server process exited early, status {child.returncode}", file=sys.stderr)
     child.stdin.close()
     try:
       child.wait(timeout=10)

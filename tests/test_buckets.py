@@ -28,6 +28,7 @@ BUCKET = f"gs://{gcs_emulator.BUCKET}"
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
+  """The emulator's environment, set in this process (tests take it after local_run: it starts when first used)."""
   why = gcs_emulator.available()
   if why:
     pytest.skip(why)
@@ -70,7 +71,7 @@ def _actions(export_dir: str) -> np.ndarray:
   return np.asarray(policy.infer(obs, noise=noise)["actions"])
 
 
-def test_export_to_bucket_loads_and_acts_like_local(gcs, local_run, monkeypatch):
+def test_export_to_bucket_loads_and_acts_like_local(local_run, gcs, monkeypatch):
   monkeypatch.chdir(local_run["root"])  # Where a URL mistaken for a relative path would land (./gs:/...).
   url = f"{BUCKET}/exports/demo"
   assert export_lib.export(local_run["workdir"], url) == url  # No os.path.abspath on the URL.
@@ -92,7 +93,7 @@ def test_export_to_bucket_loads_and_acts_like_local(gcs, local_run, monkeypatch)
     Policy.load(f"{BUCKET}/exports/none")
 
 
-def test_evaluation_report_and_gifs_to_bucket(gcs, local_run):
+def test_evaluation_report_and_gifs_to_bucket(local_run, gcs):
   out = f"{BUCKET}/eval/demo"
   records = [{"kind": "policy", "task": t, "success": s, "first_success_step": 3 if s else None, "steps": 4,
               "return": 1.0, "infer_ms_median": 1.0} for t, s in [("reach-v3", True), ("push-v3", False)]]
@@ -111,7 +112,7 @@ def test_evaluation_report_and_gifs_to_bucket(gcs, local_run):
                                          "eval/demo/report.md", f"eval/demo/{report_lib.SUCCESS_PNG}"]
 
 
-def test_train_into_bucket_then_export_and_act(gcs, local_run):
+def test_train_into_bucket_then_export_and_act(local_run, gcs):
   pytest.importorskip("google.cloud.storage", reason="Orbax's CheckpointManager lists gs:// steps with "
                       "google-cloud-storage (pip install -e .[tpu])")
   from pi0_jax.train import loop

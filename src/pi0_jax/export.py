@@ -20,6 +20,9 @@ arrays, cast to --dtype while reading, so an export runs on any device count or 
 trained on. The names and shapes are checked against the model config before a byte of array data is read.
 The largest model (pi0, 3.3B parameters) needs its params once in host memory: 13 GB in float32.
 
+Workdir and export may be local directories or bucket URLs (gs://...): every file goes through pi0_jax.files
+(etils.epath) and the params through Orbax, which read and write both.
+
 Reading back: `load_params(params_dir(export_dir), config, mesh=... | device=...)` is the one reader of params
 checkpoints (pi0_jax.policy, the offline evaluation and this export use it), and `read_export_json` /
 `norm_stats_entry` read the JSON files with one clear error each.
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import subprocess
 from typing import Any, Mapping, Sequence
 
@@ -85,7 +87,7 @@ def _checkpoint_manager(directory: str):
 def _pick_step(directory: str, step: int | None) -> tuple[int, dict]:
   """The checkpoint step to export (the latest complete one by default) and its JSON metadata."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise FileNotFoundError(f"No checkpoints directory: {directory} does not exist (has the run saved a "
                             "checkpoint yet?).")
   manager = _checkpoint_manager(directory)
@@ -99,7 +101,7 @@ def _pick_step(directory: str, step: int | None) -> tuple[int, dict]:
       raise FileNotFoundError(f"No checkpoint for step {step} under {directory}; complete checkpoints: {steps}.")
     step = int(step)
     meta = {}
-    if os.path.exists(os.path.join(directory, str(step), "meta")):
+    if files.exists(os.path.join(directory, str(step), "meta")):
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
   finally:
     manager.close()
@@ -217,10 +219,10 @@ def read_export_json(export_dir: str, name: str) -> Any:
 
 def _tokenizer_path(workdir: str, train_config: dict) -> str:
   asset = os.path.join(workdir, "assets", "tokenizer.model")
-  if os.path.isfile(asset):
+  if files.isfile(asset):
     return asset
   configured = (train_config.get("data") or {}).get("tokenizer")
-  if configured and os.path.isfile(configured):
+  if configured and files.isfile(configured):
     return configured
   raise FileNotFoundError(f"No tokenizer: {asset} does not exist" + (
       f" and config.data.tokenizer {configured!r} is not a file" if configured else
@@ -280,8 +282,8 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
   from pi0_jax.model import Pi0Config, lora  # pylint: disable=g-import-not-at-top
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}.")
-  workdir, out = os.path.abspath(os.fspath(workdir)), os.path.abspath(os.fspath(out))
-  if not os.path.isdir(workdir):
+  workdir, out = files.absolute(workdir), files.absolute(out)
+  if not files.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist.")
   train_config = load_train_config(workdir)
   if "model" not in train_config:
@@ -294,12 +296,12 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
   step, meta = _pick_step(checkpoints, step)
   state_dir = os.path.join(checkpoints, str(step), "state")
 
-  if os.path.exists(os.path.join(out, "params")) or os.path.exists(os.path.join(out, "metadata.json")):
+  if files.exists(os.path.join(out, "params")) or files.exists(os.path.join(out, "metadata.json")):
     if not force:
       raise FileExistsError(f"{out} already holds an export; pass force=True (--force) to overwrite it.")
     for name in ("params", "openpi"):
-      shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-  os.makedirs(out, exist_ok=True)
+      files.rmtree(os.path.join(out, name))
+  files.makedirs(out)
 
   params = restore_params(state_dir, model_config, ema=ema, dtype=dtype)
   if merge_lora and lora.has_lora(model_config):
@@ -315,15 +317,15 @@ def export(workdir: str, out: str, *, step: int | None = None, ema: bool = False
       per_dataset = {(datasets[0]["name"] if len(datasets) == 1 else "default"): norm_stats}
     for name, entry in per_dataset.items():
       asset_dir = os.path.join(out, "openpi", "assets", name)
-      os.makedirs(asset_dir, exist_ok=True)
+      files.makedirs(asset_dir)
       spec_form = {key: {k: entry["norm_stats"][key][k] for k in ("mean", "std", "q01", "q99")}
                    for key in ("state", "actions")}
       files.write_json(os.path.join(asset_dir, "norm_stats.json"), {"norm_stats": spec_form})
   del params
 
   files.write_json(os.path.join(out, "model_config.json"), model_config.to_dict())
-  shutil.copyfile(norm_stats_path, os.path.join(out, "norm_stats.json"))
-  shutil.copyfile(tokenizer, os.path.join(out, "tokenizer.model"))
+  files.copy(norm_stats_path, os.path.join(out, "norm_stats.json"))
+  files.copy(tokenizer, os.path.join(out, "tokenizer.model"))
   commit, dirty = git_commit()
   files.write_json(os.path.join(out, "metadata.json"), {
       "format": FORMAT,

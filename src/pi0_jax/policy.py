@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_jax import export as export_lib, logs
+from pi0_jax import export as export_lib, files, logs
 from pi0_jax.data import normalize as normalize_lib
 from pi0_jax.data.image_ops import resize_with_pad, to_model_images, to_model_range
 from pi0_jax.data.tokenizer import TokenCache
@@ -67,7 +67,7 @@ def _dataset_layout(metadata: Mapping[str, Any], dataset: str) -> dict:
 
 def _read_export(export_dir: str, dataset: str | None) -> dict[str, Any]:
   """Everything but the params of an export, checked: config, metadata, the dataset's stats and layout."""
-  if not os.path.isdir(export_dir):
+  if not files.isdir(export_dir):
     raise FileNotFoundError(f"export directory {export_dir} does not exist.")
   metadata = export_lib.read_export_metadata(export_dir)
   if int(metadata.get("format", 0)) > export_lib.FORMAT:
@@ -240,7 +240,7 @@ class Policy:
     """Loads what `pi0_jax.export` wrote. `dataset` picks whose statistics and cameras to use (default: the
     only one; an error lists the choices otherwise). The params go to `device` (default: the first device)."""
     from pi0_jax.data.tokenizer import PromptTokenizer  # pylint: disable=g-import-not-at-top
-    export_dir = os.path.abspath(os.fspath(export_dir))
+    export_dir = files.absolute(export_dir)
     found = _read_export(export_dir, dataset)
     config, entry, layout = found["config"], found["entry"], found["layout"]
     device = device or jax.devices()[0]

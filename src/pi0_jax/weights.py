@@ -35,6 +35,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from pi0_jax import files
 from pi0_jax.cli import UserError
 
 __all__ = [
@@ -434,7 +435,7 @@ def save_openpi_params(params, directory: str, *, force: bool = False) -> None:
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.PyTreeCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(os.fspath(directory)), args=ocp.args.PyTreeSave({"params": _unwrap(params)}),
+    ckptr.save(files.absolute(directory), args=ocp.args.PyTreeSave({"params": _unwrap(params)}),
                force=force)
 
 

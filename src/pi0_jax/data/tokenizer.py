@@ -24,6 +24,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from pi0_jax import files
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3  # Gemma's
 NEWLINE = "\n"
 
@@ -69,9 +71,10 @@ class PromptTokenizer:
   def __init__(self, model_path: str, max_len: int):
     if max_len < 2:
       raise ValueError(f"PromptTokenizer: max_len must be >= 2 (BOS and newline), got {max_len}")
-    if not os.path.exists(model_path):
+    if not files.exists(model_path):
       raise FileNotFoundError(f"PromptTokenizer: no sentencepiece model at {model_path}")
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    # Read through pi0_jax.files, so that an export in a bucket (gs://) loads too: sentencepiece opens local files only.
+    self._sp = spm.SentencePieceProcessor(model_proto=files.read_bytes(model_path))
     if self._sp.bos_id() < 0:
       raise ValueError(f"{model_path}: the sentencepiece model has no BOS piece; pi0's prompts start with one")
     self.model_path, self.max_len = model_path, max_len

@@ -38,9 +38,10 @@ DEFAULT_ENV_SEED = 1000
 
 def _version_dir(directory: str) -> str | None:
   """A TFDS dataset directory: `directory` itself when it holds dataset_info.json, else its newest version."""
-  if os.path.isfile(os.path.join(directory, "dataset_info.json")):
+  from pi0_jax import files  # pylint: disable=g-import-not-at-top
+  if files.isfile(os.path.join(directory, "dataset_info.json")):
     return directory
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     return None
 
   def key(v):
@@ -49,7 +50,7 @@ def _version_dir(directory: str) -> str | None:
     except ValueError:
       return (-1,)
 
-  versions = [v for v in os.listdir(directory) if os.path.isfile(os.path.join(directory, v, "dataset_info.json"))]
+  versions = [v for v in files.listdir(directory) if files.isfile(os.path.join(directory, v, "dataset_info.json"))]
   return os.path.join(directory, max(versions, key=key)) if versions else None
 
 
@@ -121,7 +122,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
   delay instead of once (pi0_jax.evaluate.rollout.run_episode); the report gains the delay sweep.
   See `python -m pi0_jax.evaluate --help` for what each argument means.
   """
-  from pi0_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  from pi0_jax import export as export_lib, files  # pylint: disable=g-import-not-at-top
   from pi0_jax.envs import metaworld as mw  # pylint: disable=g-import-not-at-top
   from pi0_jax.evaluate import offline, report as report_lib, rollout  # pylint: disable=g-import-not-at-top
 
@@ -131,7 +132,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
     raise ValueError(f"methods {list(methods)}: they need delays (e.g. --delays=0,1,2)")
   delays = tuple(delays or ())
   methods = tuple(methods or (("sync", "naive", "rtc") if delays else ()))
-  checkpoint, out = os.path.abspath(checkpoint), os.path.abspath(out)
+  checkpoint, out = files.absolute(checkpoint), files.absolute(out)
   metadata = export_lib.read_export_metadata(checkpoint)
   train_config = metadata.get("train_config") or {}
   train_data = dict(train_config.get("data") or {})
@@ -139,7 +140,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
     raise ValueError(f"{checkpoint}/metadata.json: the train config has no data.datasets; expected an export "
                      "made by pi0_jax.export from a pi0_jax.train run")
   if data_dir:
-    data_dir = os.path.abspath(data_dir)
+    data_dir = files.absolute(data_dir)
   # Several rollout workers, or the rollouts then this process, may share one accelerator.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   is_main = True
@@ -148,7 +149,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
     from pi0_jax.train.loop import initialize_distributed  # pylint: disable=g-import-not-at-top
     initialize_distributed()
     is_main = jax.process_index() == 0
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   seconds: dict[str, float] = {}
   result: dict[str, Any] = {
       "export": {"dir": checkpoint, **{k: metadata.get(k) for k in ("step", "ema", "dtype", "git_commit", "git_dirty",
@@ -170,7 +171,7 @@ def evaluate(checkpoint: str, out: str, *, offline_batches: int = 50, offline_ba
     episodes = rollout.run_closed_loop(settings, kinds, num_workers=num_workers, progress=progress)
     for e in episodes:
       if e.get("gif"):
-        e["gif"] = os.path.relpath(e["gif"], out)
+        e["gif"] = files.relative(e["gif"], out)
     result["closed_loop"] = {"settings": dataclasses.asdict(settings), "demo_seeds": demo_seeds,
                              "render_from": render_from, "summary": rollout.summarize(episodes, chosen),
                              "episodes": episodes}

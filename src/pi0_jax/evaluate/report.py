@@ -16,6 +16,7 @@ Plots use matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -235,8 +236,7 @@ def plot_success(summary: Mapping[str, Any], path: str) -> None:
   ax.set_title("Meta-World closed-loop success per task (* held-out class)")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_delay_sweep(sweep: Mapping[str, Any], path: str) -> None:
@@ -290,8 +290,7 @@ def plot_losses(groups: Sequence[Mapping[str, Any]], path: str) -> None:
   ax1.set_title("sampled chunk error by horizon step")
   ax1.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_chunks(groups: Sequence[Mapping[str, Any]], path: str, per_group: int = 2) -> None:
@@ -325,16 +324,24 @@ def plot_chunks(groups: Sequence[Mapping[str, Any]], path: str, per_group: int =
   axes[0, 0].legend(fontsize=6)
   fig.suptitle("sampled vs ground-truth chunks (shaded: past the episode end)", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _save(fig, path: str) -> None:
+  """Saves and closes a figure as PNG, through pi0_jax.files (matplotlib itself writes local files only)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  _pyplot().close(fig)
+  files.write_bytes(path, buf.getvalue())
+
+
 def write_report(out_dir: str, report: Mapping[str, Any]) -> dict[str, str]:
-  """Writes report.json, report.md and the plots into `out_dir`; returns {what: path}."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes report.json, report.md and the plots into `out_dir` (a local directory or a bucket URL, through
+  pi0_jax.files); returns {what: path}."""
+  files.makedirs(out_dir)
   report = _clean(json.loads(json.dumps(report, default=files.json_default)))
   paths = {"json": os.path.join(out_dir, REPORT_JSON), "markdown": os.path.join(out_dir, REPORT_MD)}
   closed, offline = report.get("closed_loop"), report.get("offline")
@@ -350,8 +357,7 @@ def write_report(out_dir: str, report: Mapping[str, Any]) -> dict[str, str]:
     paths["chunks_plot"] = os.path.join(out_dir, CHUNKS_PNG)
     plot_chunks(offline["groups"], paths["chunks_plot"])
   files.write_json(paths["json"], report, sort_keys=False)  # NaN is gone (_clean): standard JSON.
-  with open(paths["markdown"], "w") as f:
-    f.write(markdown(report))
+  files.write_text(paths["markdown"], markdown(report))
   return paths
 
 

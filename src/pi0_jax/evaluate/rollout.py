@@ -373,9 +373,12 @@ def run_episode(job: EpisodeJob, settings: RolloutSettings) -> dict[str, Any]:
 
 def write_gif(path: str, frames: Sequence[np.ndarray], fps: int = 20):
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  # The pillow plugin takes the frame duration in milliseconds; loop=0 repeats forever.
-  iio.imwrite(path, np.stack(frames), extension=".gif", duration=int(1000 / fps), loop=0)
+  from pi0_jax import files  # pylint: disable=g-import-not-at-top
+  files.makedirs(os.path.dirname(files.absolute(path)))
+  # The pillow plugin takes the frame duration in milliseconds; loop=0 repeats forever. Encoded in memory, then
+  # written through pi0_jax.files: the GIF directory may be a bucket.
+  data = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=int(1000 / fps), loop=0)
+  files.write_bytes(path, data)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,7 +434,8 @@ def run_closed_loop(settings: RolloutSettings, kinds: Sequence[str] = (POLICY,),
   jobs = episode_jobs(settings, kinds)
   check_delays(settings)
   if settings.gifs:
-    os.makedirs(settings.gif_dir, exist_ok=True)
+    from pi0_jax import files  # pylint: disable=g-import-not-at-top
+    files.makedirs(settings.gif_dir)
   results: list[dict[str, Any] | None] = [None] * len(jobs)
   bar = tqdm(total=len(jobs), desc="closed loop", unit="ep", disable=not progress, dynamic_ncols=True)
   successes = {j.label: [0, 0] for j in jobs}

@@ -60,11 +60,11 @@ _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Rollout processes (each l
 _ROLLOUT_PLATFORM = flags.DEFINE_string("rollout_platform", None, "JAX platform of the rollout workers, e.g. cpu "
                                         "(default: JAX's choice).")
 # Both.
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Euler steps of the flow sampler.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling noise, the loss draws and the offline frame subsets.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() (the offline "
                                  "stage runs on every host; the closed loop and the report on process 0, whose "
                                  "rollout workers should then use --rollout_platform=cpu).")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Euler steps of the flow sampler.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling noise, the loss draws and the offline frame subsets.")
 
 
 def _mesh(values):

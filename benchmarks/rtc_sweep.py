@@ -1,6 +1,7 @@
 """Real-time chunking under inference delay: Meta-World closed-loop success of sync, naive, rtc and rtc_trained.
 
-Stages (each skipped when its output exists, so an interrupted sweep resumes):
+Stages (each skipped when its output exists, so an interrupted sweep resumes; training resumes from its latest
+checkpoint):
   train     fine-tunes the demo export with training-time RTC (model.rtc_max_delay = the largest delay) for
             --train_steps steps on the demo's datasets, with the export's norm stats: `python -m pi0_jax.train`
             with --train_config (configs/pi0_demo.py) and --config.init.export, in --workdir/rtc_train
@@ -77,8 +78,9 @@ def train_and_export(export: str, workdir: str, max_delay: int) -> tuple[str, di
   """The delay-trained export (stages train and export, skipped when done); {stage: seconds}."""
   run_dir, out = os.path.join(workdir, "rtc_train"), os.path.join(workdir, "rtc_export")
   seconds = {}
-  if not os.path.isfile(os.path.join(out, "metadata.json")):
-    steps = _TRAIN_STEPS.value
+  steps = _TRAIN_STEPS.value
+  # A checkpoint directory gets its step's name only once complete.
+  if not os.path.isdir(os.path.join(run_dir, "checkpoints", str(steps))):
     start = time.time()
     config = _TRAIN_CONFIG.value.format(data_dir=os.path.abspath(_DATA_DIR.value))
     _run([sys.executable, "-m", "pi0_jax.train", f"--config={config}",
@@ -90,6 +92,7 @@ def train_and_export(export: str, workdir: str, max_delay: int) -> tuple[str, di
          + ([f"--config.data.stats_dir={_STATS_DIR.value}"] if _STATS_DIR.value else []) + list(_TRAIN_FLAGS.value),
          os.path.join(workdir, "train.log"))
     seconds["train"] = time.time() - start
+  if not os.path.isfile(os.path.join(out, "metadata.json")):
     start = time.time()
     _run([sys.executable, "-m", "pi0_jax.export", f"--workdir={run_dir}", f"--out={out}", "--force"],
          os.path.join(workdir, "export.log"))

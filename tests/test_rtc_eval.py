@@ -1,52 +1,33 @@
 """Closed loop with a simulated inference delay (pi0_jax.evaluate.rollout.run_episode with a method and delay).
 
-A tiny pi0 trained with rtc_max_delay = 1 for 2 steps on a 1-task Meta-World dataset (reach-v3, 2 episodes at
-32 px) drives short episodes in one spawned worker (this process imports TensorFlow, next to which MuJoCo's EGL
-rendering crashes). The records keep every executed action and every chunk, so the schedule of each method is
-checked value by value against the chunks the policy returned.
+An untrained tiny pi0 with rtc_max_delay = 1 (pi0_jax.serve.untrained: a real export of random weights; what the
+schedule does does not depend on the weights) drives short reach-v3 episodes at 32 px in one spawned worker (the
+policy runs beside MuJoCo as in an evaluation). The records keep every executed action and every chunk, so the
+schedule of each method is checked value by value against the chunks the policy returned; a scripted policy
+checks the schedule alone.
 """
 
 import concurrent.futures
 import dataclasses
-import importlib.util
 import multiprocessing
 import os
 
 import numpy as np
 import pytest
 
-from pi0_jax.data import build_metaworld as bm
 from pi0_jax.envs import metaworld as mw
 from pi0_jax.evaluate import report as report_lib, rollout
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASK, SIZE, H, S, STEPS = "reach-v3", 32, 4, 2, 9  # tiny preset: action_horizon 4; s = replan_every
-
-
-def _tiny_config(dataset: str, tokenizer: str, stats_dir: str):
-  spec = importlib.util.spec_from_file_location("pi0_tiny", os.path.join(ROOT, "configs", "pi0_tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(f"dataset={dataset},tokenizer={tokenizer},stats_dir={stats_dir},steps=2")
-  c.optimizer.warmup_steps = 1
-  c.model.rtc_max_delay = 1
-  return c
+TASK, H, S, STEPS = "reach-v3", 4, 2, 9  # tiny preset: action_horizon 4; s = replan_every
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  from pi0_jax import export
-  from pi0_jax.data import tokenizer as tokenizer_lib
-  from pi0_jax.train import loop
+  from pi0_jax.serve.untrained import write_untrained_export
   root = tmp_path_factory.mktemp("rtc_eval")
-  reports = bm.build(str(root / "mw"), "train", episodes_per_task=2, image_size=SIZE, tasks=[TASK])
-  tokenizer = str(root / "tokenizer.model")
-  tokenizer_lib.train_tokenizer(mw.TASK_INSTRUCTIONS.values(), tokenizer, vocab_size=64)
-  config = _tiny_config(reports["metaworld_ml10_train"]["dir"], tokenizer, str(root / "stats"))
-  loop.run(config, str(root / "run"))
-  export_dir = export.export(str(root / "run"), str(root / "export"))
-  render = mw.RenderOptions.from_build_options(reports["metaworld_ml10_train"]["options"])
-  return {"root": root, "export": export_dir, "render": render}
+  export_dir = write_untrained_export(str(root / "export"), preset="tiny", prompts=list(mw.TASK_INSTRUCTIONS.values()),
+                                      rtc_max_delay=1)
+  return {"root": root, "export": export_dir, "render": mw.RenderOptions(image_size=32)}
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,8 @@ def data(tmp_path_factory):
   directory = helpers.write(root, "pi0_test_train", train, val=train[:1])
   tok = str(root / "tokenizer.model")
   tokenizer_lib.train_tokenizer(instructions, tok, vocab_size=64)
-  return {"dataset": directory, "tokenizer": tok, "stats_dir": str(root / "stats")}
+  return {"dataset": directory, "tokenizer": tok, "stats_dir": str(root / "stats"),
+          "xla_cache": str(root / "xla_cache")}  # The module's trainer runs share their compiled programs.
 
 
 def _config_arg(data, **extra) -> str:
@@ -50,7 +51,8 @@ def _env(devices=8, **extra):
 
 
 def _train_cmd(data, workdir, *flags, **config_arg):
-  return [sys.executable, LAUNCHER, f"--config={_config_arg(data, **config_arg)}", f"--workdir={workdir}", *flags]
+  return [sys.executable, LAUNCHER, f"--config={_config_arg(data, **config_arg)}", f"--workdir={workdir}",
+          f"--xla_cache_dir={data['xla_cache']}", *flags]
 
 
 def _run(cmd, env, timeout=300):

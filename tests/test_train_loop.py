@@ -123,7 +123,8 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
 
 def test_sigterm_saves_current_step_and_exits_zero(data, tmp_path):
   workdir = str(tmp_path / "run")
-  cmd = _train_cmd(data, workdir, "--config.total_steps=100000", "--config.checkpoint_every=100000", steps=100000)
+  # The config's 20-step schedule (total_steps is the loop's, not the step's): the train step compiled above loads.
+  cmd = _train_cmd(data, workdir, "--config.total_steps=100000", "--config.checkpoint_every=100000")
   proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and max(_metrics(workdir), default=0) < 3 and proc.poll() is None:

@@ -4,7 +4,8 @@
 step's global batch, so tests compare data order across a resume or process counts. --kill_after_step=N makes
 the process SIGKILL itself right after step N (its checkpoint maybe still being written), like a lost machine.
 --xla_cache_dir=DIR shares XLA's persistent compilation cache between the runs of a test module: they compile the
-same programs, and all but the first load them (the trainer still logs "compiling the train step").
+same programs, and all but the first load them (the trainer still logs "compiling the train step"). Of a
+2-process run only process 0 writes and finds entries (JAX keys them by process): process 1 still compiles.
 """
 
 from __future__ import annotations

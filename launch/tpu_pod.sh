@@ -47,12 +47,13 @@ check_mesh() {  # The slice axis of a --config.mesh override must match NUM_SLIC
   local prev="" arg mesh
   for arg in "$@"; do
     mesh=""
-    case "$arg" in --config.mesh=*) mesh="${arg#--config.mesh=}";; esac
+    flag="--config.mesh"
+    [[ "$arg" == "$flag="* ]] && mesh="${arg#"$flag="}"
     [[ "$prev" == "--config.mesh" ]] && mesh="$arg"
     prev="$arg"
     [[ -z "$mesh" ]] && continue
     if [[ ",${mesh// /}," =~ ,slice:(-?[0-9]+), ]] && [[ "${BASH_REMATCH[1]}" != "$NUM_SLICES" ]]; then
-      echo "--config.mesh=$mesh: the slice axis has size ${BASH_REMATCH[1]}, but NUM_SLICES=$NUM_SLICES slices" \
+      echo "$flag=$mesh: the slice axis has size ${BASH_REMATCH[1]}, but NUM_SLICES=$NUM_SLICES slices" \
         "train; write slice:$NUM_SLICES or leave the slice axis out (the trainer adds it)." >&2
       exit 2
     fi

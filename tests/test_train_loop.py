@@ -34,8 +34,7 @@ def data(tmp_path_factory):
   directory = helpers.write(root, "pi0_test_train", train, val=train[:1])
   tok = str(root / "tokenizer.model")
   tokenizer_lib.train_tokenizer(instructions, tok, vocab_size=64)
-  return {"dataset": directory, "tokenizer": tok, "stats_dir": str(root / "stats"),
-          "xla_cache": str(root / "xla_cache")}  # The module's trainer runs share their compiled programs.
+  return {"dataset": directory, "tokenizer": tok, "stats_dir": str(root / "stats")}
 
 
 def _config_arg(data, **extra) -> str:
@@ -51,8 +50,7 @@ def _env(devices=8, **extra):
 
 
 def _train_cmd(data, workdir, *flags, **config_arg):
-  return [sys.executable, LAUNCHER, f"--config={_config_arg(data, **config_arg)}", f"--workdir={workdir}",
-          f"--xla_cache_dir={data['xla_cache']}", *flags]
+  return [sys.executable, LAUNCHER, f"--config={_config_arg(data, **config_arg)}", f"--workdir={workdir}", *flags]
 
 
 def _run(cmd, env, timeout=300):
@@ -123,8 +121,7 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
 
 def test_sigterm_saves_current_step_and_exits_zero(data, tmp_path):
   workdir = str(tmp_path / "run")
-  # The config's 20-step schedule (total_steps is the loop's, not the step's): the train step compiled above loads.
-  cmd = _train_cmd(data, workdir, "--config.total_steps=100000", "--config.checkpoint_every=100000")
+  cmd = _train_cmd(data, workdir, "--config.total_steps=100000", "--config.checkpoint_every=100000", steps=100000)
   proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and max(_metrics(workdir), default=0) < 3 and proc.poll() is None:

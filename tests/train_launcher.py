@@ -3,9 +3,6 @@
 --record_batches writes one JSON line per step to WORKDIR/batches.jsonl (process 0): a fingerprint of the
 step's global batch, so tests compare data order across a resume or process counts. --kill_after_step=N makes
 the process SIGKILL itself right after step N (its checkpoint maybe still being written), like a lost machine.
---xla_cache_dir=DIR shares XLA's persistent compilation cache between the runs of a test module: they compile the
-same programs, and all but the first load them (the trainer still logs "compiling the train step"). Of a
-2-process run only process 0 writes and finds entries (JAX keys them by process): process 1 still compiles.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from pi0_jax.train import loop
 
 _RECORD = flags.DEFINE_bool("record_batches", False, "Write WORKDIR/batches.jsonl: step -> batch fingerprint.")
 _KILL = flags.DEFINE_integer("kill_after_step", None, "SIGKILL this process right after this step.")
-_XLA_CACHE = flags.DEFINE_string("xla_cache_dir", None, "JAX's persistent compilation cache directory.")
 
 
 def batch_fingerprint(actions) -> float:
@@ -55,10 +51,6 @@ class LauncherHooks(loop.Hooks):
 
 
 def main(argv):
-  if _XLA_CACHE.value:
-    import jax
-    jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.value)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # The checkpoints' many small programs too.
   hooks = LauncherHooks(flags.FLAGS.workdir, _RECORD.value, _KILL.value)
   loop.main(argv, hooks=hooks)
 

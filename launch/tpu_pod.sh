@@ -44,12 +44,11 @@ ssh_all() {
 }
 
 check_mesh() {  # The slice axis of a --config.mesh override must match NUM_SLICES (or be left to the trainer).
-  local prev="" arg mesh
+  local prev="" arg mesh flag="--config.mesh"
   for arg in "$@"; do
     mesh=""
-    flag="--config.mesh"
     [[ "$arg" == "$flag="* ]] && mesh="${arg#"$flag="}"
-    [[ "$prev" == "--config.mesh" ]] && mesh="$arg"
+    [[ "$prev" == "$flag" ]] && mesh="$arg"
     prev="$arg"
     [[ -z "$mesh" ]] && continue
     if [[ ",${mesh// /}," =~ ,slice:(-?[0-9]+), ]] && [[ "${BASH_REMATCH[1]}" != "$NUM_SLICES" ]]; then
